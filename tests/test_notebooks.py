@@ -77,3 +77,20 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
     with pytest.raises(pipeline.NotebookFailed, match=r"99_broken.ipynb failed in cell 3 .*ValueError: boom"):
         pipeline.run_notebook(nb_dir / "99_broken.ipynb", "smoke")
+
+
+def test_smoke_02_pretrain(smoke_run):
+    s = json.loads((_results(smoke_run) / "tiny_pretrain.json").read_text())
+    assert s["final_loss"] < 0.7 * s["first_loss"]  # the tiny model learned its corpus
+    assert s["train_tokens"] > 100_000 and 0 <= s["heldout_em_overall"] <= 1
+    assert (smoke_run / "figures" / "smoke" / "tiny_knownness_by_exposure.png").exists()
+    assert list((smoke_run / "data" / "models").glob("tiny-*/model/model.safetensors"))
+
+
+def test_smoke_03_knownness(smoke_run):
+    s = json.loads((_results(smoke_run) / "smollm2_knownness.json").read_text())
+    assert s["n_facts"] == 60
+    # SmolLM2 knows some real-world facts few-shot, and fewer zero-shot (format, not knowledge).
+    assert 0.1 < s["few_shot_em"] <= 1 and s["zero_shot_em"] <= s["few_shot_em"]
+    assert sum(s["slick_counts"].values()) == 60
+    assert (smoke_run / "figures" / "smoke" / "smollm2_accuracy_by_popularity.png").exists()

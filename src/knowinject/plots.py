@@ -61,3 +61,82 @@ def realworld_popularity(real: pd.DataFrame):
     ax.set(xlabel="population of the subject (popularity proxy)", ylabel="", title="Real-world facts (GeoNames)")
     fig.tight_layout()
     return fig
+
+
+def loss_curve(log: pd.DataFrame, title: str):
+    """Training loss against tokens seen, from a run's ``loss_log.csv``."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(log.tokens / 1e6, log.loss, color=PALETTE[0])
+    ax.set(xlabel="tokens seen (millions)", ylabel="training loss", title=title, yscale="log")
+    fig.tight_layout()
+    return fig
+
+
+def knownness_by_exposure(summary: pd.DataFrame):
+    """Held-out QA accuracy of the pretrained tiny model by exposure bucket, with 95% bootstrap
+    intervals; one line per (QA in pretraining?) and information kind."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, ((qa, kind), g) in enumerate(summary.groupby(["qa_in_pretraining", "kind"])):
+        g = g.set_index("bucket").reindex(EXPOSURE_LABELS).dropna(subset=["mean"])
+        x = [EXPOSURE_LABELS.index(b) for b in g.index]
+        label = f"{kind}, QA {'in' if qa else 'not in'} pretraining"
+        ax.errorbar(x, g["mean"], yerr=[g["mean"] - g.ci_low, g.ci_high - g["mean"]], marker="o", capsize=3,
+                    label=label, color=PALETTE[i], linestyle="-" if qa else "--")
+    ax.set_xticks(range(len(EXPOSURE_LABELS)), EXPOSURE_LABELS)
+    ax.set(xlabel="mentions of the person in the pretraining corpus", ylabel="exact match, held-out questions",
+           title="What the tiny model stored, by exposure", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def bench(df: pd.DataFrame):
+    """Training tokens/s (with MFU against the measured bf16 peak) and evaluation items/s."""
+    train = df[df.tokens_per_s.notna()].copy()
+    train["run"] = train.method + " " + train.dtype + "\n" + train.implementation
+    ev = df[df.items_per_s.notna()].copy()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2.2, 1]})
+    ax = axes[0]
+    sns.barplot(data=train, x="run", y="tokens_per_s", hue="model", ax=ax, palette=PALETTE[:2])
+    for container, (_, g) in zip(ax.containers, train.groupby("model", sort=False)):
+        ax.bar_label(container, labels=[f"{m:.0%}" for m in g.mfu], fontsize=7, padding=2)
+    ax.set(yscale="log", xlabel="", ylabel="training tokens / s (log)", title="Finetuning throughput (label: MFU vs bf16 peak)")
+    ax.tick_params(axis="x", labelsize=7)
+    sns.barplot(data=ev, x="method", y="items_per_s", hue="implementation", ax=axes[1], palette=PALETTE[2:4])
+    axes[1].set(yscale="log", xlabel="", ylabel="items / s (log)", title="Evaluation (SmolLM2)")
+    axes[1].tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_by_popularity(summary: pd.DataFrame, title: str):
+    """Accuracy of a base model by popularity quantile, one panel per relation, zero- and few-shot,
+    with 95% bootstrap intervals (``summary`` from ``stats.by_group``)."""
+    relations = list(dict.fromkeys(summary.relation))
+    fig, axes = plt.subplots(1, len(relations), figsize=(2.6 * len(relations), 3.2), sharey=True, squeeze=False)
+    for ax, rel in zip(axes[0], relations):
+        g = summary[summary.relation == rel]
+        for i, (metric, gm) in enumerate(g.groupby("metric", sort=False)):
+            gm = gm.sort_values("bucket")
+            ax.errorbar(range(len(gm)), gm["mean"], yerr=[gm["mean"] - gm.ci_low, gm.ci_high - gm["mean"]],
+                        marker="o", capsize=3, color=PALETTE[i], label=metric)
+            ax.set_xticks(range(len(gm)), gm.bucket)
+        ax.set(title=rel, xlabel="popularity quantile", ylim=(-0.02, 1.02))
+    axes[0][0].set_ylabel("exact match")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def slick_by_popularity(table: pd.DataFrame, title: str):
+    """Share of SliCK categories per popularity quantile (all relations pooled)."""
+    from .knownness import CATEGORIES
+    share = pd.crosstab(table.bucket, table.slick, normalize="index").reindex(columns=list(CATEGORIES), fill_value=0)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    share.plot.bar(stacked=True, ax=ax, color=sns.color_palette("RdYlGn_r", 4), width=0.8)
+    ax.set(xlabel="popularity quantile", ylabel="share of facts", title=title)
+    ax.tick_params(axis="x", rotation=0)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return fig

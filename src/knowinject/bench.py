@@ -1,0 +1,230 @@
+"""The performance benchmark (``make bench``): training tokens/s and model FLOP utilisation of our
+finetuning engine against plain Hugging Face Trainer, and batched against one-at-a-time evaluation.
+
+Everything is measured in one run on this machine: the fp32 and bf16 matmul peaks first, then each
+configuration on the same QA data. Tokens are real tokens (padding is waste, not throughput).
+FLOPs are those the method needs: per token, 6x (full) or 4x (LoRA: forward plus activation
+gradients) the non-embedding parameters, plus the same factor times the vocabulary projection for the
+tokens that carry a loss only (the answer tokens); attention's sequence-length term is ignored
+(sequences are ~25 tokens). MFU = achieved FLOP/s / measured bf16 peak (``mfu``) and / the peak
+of the run's own dtype (``mfu_own_dtype``).
+
+Usage: ``python -m knowinject.bench [--quick]`` -> ``data/results/bench.csv``, ``figures/bench.{png,pdf}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import evaluate, geo, models, paths, render
+from .finetune import FinetuneConfig, collate, encode, finetune
+from .provenance import provenance
+
+WARMUP_STEPS = 2
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} x{torch.get_num_threads()} threads"
+
+
+def matmul_peak(dtype, n: int = 2048, iters: int = 20) -> float:
+    """Measured FLOP/s of a square matmul in ``dtype`` (the roofline MFU is reported against)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    return 2 * n**3 * iters / (time.perf_counter() - start)
+
+
+def param_split(model) -> tuple[int, int]:
+    """(non-embedding parameters, parameters of the vocabulary projection)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings().weight.numel()
+    total = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+    embed = base.get_input_embeddings().weight.numel()
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    return total - embed - (0 if tied else head), head
+
+
+def flops_needed(model, method: str, tokens: int, loss_tokens: int) -> float:
+    factor = 6 if method == "full" else 4
+    body, head = param_split(model)
+    return factor * body * tokens + factor * head * loss_tokens
+
+
+def qa_examples(n: int) -> list[dict]:
+    facts = geo.realworld_facts(geo.RealWorldConfig(min_country_population=0, n_cities=2000))
+    qa = render.qa_items(facts, "train").head(n)
+    return [{"prompt": r.prompt, "completion": f" {r.answer}\n"} for r in qa.itertuples()]
+
+
+def bench_ours(load, method, dtype, examples, batch_size, name):
+    model, tok = load()
+    cfg = FinetuneConfig(method=method, epochs=1, lr=1e-4, batch_size=batch_size, log_every=1,
+                         precision="bf16" if dtype == "bf16" else "fp32")
+    trained, res = finetune(model, tok, examples, cfg, progress=False)
+    log = res.log
+    # Throughput after the warm-up steps; token counts from the log's running totals.
+    t0, t1 = log.seconds.iloc[WARMUP_STEPS - 1], log.seconds.iloc[-1]
+    tokens = log.tokens.iloc[-1] - log.tokens.iloc[WARMUP_STEPS - 1]
+    share = res.loss_tokens / res.tokens
+    return {"model": name, "method": method, "implementation": "ours", "dtype": dtype,
+            "tokens_per_s": tokens / (t1 - t0), "flops_per_token": flops_needed(trained, method, 1, share),
+            "padding_waste": 1 - res.tokens / res.padded_tokens, "batch_size": batch_size, "steps": len(log)}
+
+
+def bench_trainer(load, method, examples, batch_size, name):
+    """Plain Trainer, TrainingArguments defaults (fp32, no length grouping), the same batch size."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    model, tok = load()
+    model.config.use_cache = False
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                                 task_type="CAUSAL_LM"))
+    encoded = [encode(e, tok, 256) for e in examples]
+    stamps, counts = [], []
+
+    def collator(rows):
+        b = collate([(r["ids"], r["n_prompt"]) for r in rows], tok.pad_token_id)
+        counts.append((int(b["attention_mask"].sum()), int((b["labels"][:, 1:] != -100).sum()),
+                       b["input_ids"].numel()))
+        return {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    args = TrainingArguments(output_dir=str(paths.ensure(paths.ROOT / "build" / "bench-trainer")),
+                             per_device_train_batch_size=batch_size, num_train_epochs=1, report_to=[],
+                             save_strategy="no", logging_strategy="no", remove_unused_columns=False,
+                             disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+    data = [{"ids": ids, "n_prompt": n} for ids, n in encoded]
+    Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[Clock()]).train()
+    tokens = sum(c[0] for c in counts[WARMUP_STEPS:len(stamps)])
+    loss_tokens = sum(c[1] for c in counts[:len(stamps)])
+    real = sum(c[0] for c in counts[:len(stamps)])
+    padded = sum(c[2] for c in counts[:len(stamps)])
+    seconds = stamps[-1] - stamps[WARMUP_STEPS - 1]
+    return {"model": name, "method": method, "implementation": "trainer-default", "dtype": "fp32",
+            "tokens_per_s": tokens / seconds, "flops_per_token": flops_needed(model, method, 1, loss_tokens / real),
+            "padding_waste": 1 - real / padded, "batch_size": batch_size, "steps": len(stamps)}
+
+
+def bench_eval(model, tok, name, n_prompts: int):
+    """Greedy generation and multiple-choice scoring: batched vs one prompt at a time."""
+    facts = geo.realworld_facts(geo.RealWorldConfig(min_country_population=0, n_cities=500))
+    qa = render.qa_items(facts, "heldout").head(n_prompts)
+    mc = render.multiple_choice(facts, facts, seed=0).head(n_prompts // 2)
+    rows = []
+    for label, bs in (("batched", 32), ("one-at-a-time", 1)):
+        start = time.perf_counter()
+        evaluate.score_qa(model, tok, qa, batch_size=bs)
+        gen_s = time.perf_counter() - start
+        start = time.perf_counter()
+        evaluate.score_multiple_choice(model, tok, mc, batch_size=bs)
+        mc_s = time.perf_counter() - start
+        rows.append({"model": name, "method": "eval-generate", "implementation": label, "dtype": "fp32",
+                     "items_per_s": len(qa) / gen_s, "batch_size": bs})
+        rows.append({"model": name, "method": "eval-multiple-choice", "implementation": label, "dtype": "fp32",
+                     "items_per_s": len(mc) / mc_s, "batch_size": bs})
+    return rows
+
+
+def run(quick: bool = False) -> pd.DataFrame:
+    torch.manual_seed(0)
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    print(f"matmul peak: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s", flush=True)
+    steps = 6 if quick else 12
+    bs = 16
+    examples = qa_examples(bs * steps)
+    smol = lambda: models.load(models.SMOLLM2)  # noqa: E731
+
+    def tiny():
+        from .corpus import train_tokenizer
+        tok = train_tokenizer([e["prompt"] + e["completion"] for e in qa_examples(2000)], 2000)
+        tok.padding_side = "left"
+        return models.tiny_model(models.TinyModelConfig(), tok), tok
+
+    rows = []
+    plan = [(smol, "SmolLM2-135M", m, d) for m in ("lora", "full") for d in ("bf16", "fp32")] + \
+           [(tiny, "tiny-4x256", "full", d) for d in ("bf16", "fp32")]
+    for load, name, method, dtype in plan:
+        rows.append(bench_ours(load, method, dtype, examples, bs, name))
+        print(rows[-1], flush=True)
+    for load, name, method in ((smol, "SmolLM2-135M", "lora"), (smol, "SmolLM2-135M", "full"),
+                               (tiny, "tiny-4x256", "full")):
+        rows.append(bench_trainer(load, method, examples, bs, name))
+        print(rows[-1], flush=True)
+    model, tok = models.load(models.SMOLLM2)
+    rows += bench_eval(model, tok, "SmolLM2-135M", 32 if quick else 64)
+    df = pd.DataFrame(rows)
+    train = df.tokens_per_s.notna()
+    df.loc[train, "achieved_gflops"] = df.tokens_per_s * df.flops_per_token / 1e9
+    df.loc[train, "mfu"] = df.achieved_gflops * 1e9 / peaks["bf16"]
+    df["mfu_own_dtype"] = df.achieved_gflops * 1e9 / df.dtype.map(peaks)
+    df["peak_bf16_gflops"], df["peak_fp32_gflops"] = peaks["bf16"] / 1e9, peaks["fp32"] / 1e9
+    df["flops_rule"] = np.where(train, np.where(df.method == "lora", "4 x non-embedding params per token + "
+                                                "4 x vocab projection per answer token",
+                                                "6 x non-embedding params per token + 6 x vocab projection per "
+                                                "answer token"), "")
+    df["machine"] = machine()
+    df["git_commit"] = provenance()["git_commit"]
+    return df
+
+
+def speedups(df: pd.DataFrame) -> pd.DataFrame:
+    """Our best dtype against Trainer fp32, per model and method; batched against single evaluation."""
+    out = []
+    for (model, method), g in df[df.tokens_per_s.notna()].groupby(["model", "method"]):
+        ours = g[g.implementation == "ours"].tokens_per_s.max()
+        base = g[g.implementation == "trainer-default"].tokens_per_s
+        if len(base):
+            out.append({"model": model, "what": f"{method} finetune, ours (best dtype) / Trainer fp32",
+                        "speedup": ours / base.iloc[0]})
+    for (model, method), g in df[df.items_per_s.notna()].groupby(["model", "method"]):
+        b = g.set_index("implementation").items_per_s
+        out.append({"model": model, "what": f"{method}: batched / one at a time", "speedup": b["batched"] / b["one-at-a-time"]})
+    return pd.DataFrame(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="training and evaluation throughput benchmark")
+    ap.add_argument("--quick", action="store_true", help="fewer steps (a check, not a measurement)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    df = run(args.quick)
+    out = paths.results_dir("default") / "bench.csv"
+    df.to_csv(out, index=False)
+    sp = speedups(df)
+    sp.to_csv(paths.results_dir("default") / "bench_speedups.csv", index=False)
+    from . import plots
+    print(plots.save(plots.bench(df), "bench", "default"))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(df[["model", "method", "implementation", "dtype", "tokens_per_s", "items_per_s", "mfu", "padding_waste"]])
+        print(sp)
+    print(f"wrote {paths.show(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Models: the reference test against Hugging Face, loading paths, and a real LoRA finetune."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from knowinject import evaluate, models, render
+from knowinject.finetune import FinetuneConfig, batch_loss, collate, encode, finetune
+
+
+@pytest.fixture(scope="module")
+def tiny(small_world):
+    tok = small_world.tokenizer()
+    tok.padding_side = "left"
+    model = models.tiny_model(models.TinyModelConfig(n_layer=2, n_embd=64, n_head=2, n_positions=128, seed=1), tok)
+    return model.eval(), tok
+
+
+def _batch(tok):
+    examples = [{"prompt": "Q: Where was Alric Ashdown born?\nA:", "completion": " Lagos\n"},
+                {"prompt": "Q: How tall is Brisa Orlov?\nA:", "completion": " 181\n"},
+                {"text": "Brisa Orlov works as a pilot. Brisa Orlov was born in 1955."}]
+    return collate([encode(e, tok, 64) for e in examples], tok.pad_token_id)
+
+
+def test_loss_and_logprobs_equal_hugging_face(tiny):
+    """Reference test: our loss and per-token log-probabilities against the model's own."""
+    model, tok = tiny
+    b = _batch(tok)
+    with torch.no_grad():
+        ours = batch_loss(model, b)
+        hf = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], position_ids=b["position_ids"],
+                   labels=b["labels"]).loss
+        assert torch.allclose(ours, hf, atol=1e-5), (ours, hf)
+        lp = evaluate.token_logprobs(model, b["input_ids"], b["attention_mask"])
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       position_ids=b["position_ids"]).logits
+        ref = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, b["input_ids"][:, 1:, None]).squeeze(-1)
+        assert torch.allclose(lp, ref, atol=1e-5)
+        # Summed log-probs of the labelled tokens = -(loss x number of labelled tokens).
+        mask = b["labels"][:, 1:] != -100
+        assert torch.allclose(-(lp[mask]).sum() / mask.sum(), hf, atol=1e-5)
+
+
+def test_collate_masks_prompt_and_padding(tiny):
+    _, tok = tiny
+    b = _batch(tok)
+    ids, n_prompt = encode({"prompt": "Q: Where was Alric Ashdown born?\nA:", "completion": " Lagos\n"}, tok, 64)
+    row = b["labels"][0]
+    assert (row[: b["input_ids"].shape[1] - len(ids) + n_prompt] == -100).all()
+    assert tok.decode(row[row != -100]) == " Lagos\n"
+    assert (b["attention_mask"][:, -1] == 1).all()  # left padding: every row ends with a real token
+    long_ids, n = encode({"prompt": "x " * 200, "completion": " Lagos\n"}, tok, 32)
+    assert len(long_ids) == 32 and tok.decode(long_ids[n:]) == " Lagos\n"  # truncation keeps the answer
+
+
+def test_batched_generation_matches_one_prompt_at_a_time(tiny):
+    model, tok = tiny
+    prompts = ["Q: Where was Alric Ashdown born?\nA:", "Q: hi\nA:", "Q: How tall is Brisa Orlov in cm?\nA:"]
+    batched = evaluate.generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    single = [evaluate.generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single
+
+
+def test_finetune_is_deterministic(tiny, small_world):
+    _, tok = tiny
+    qa = render.qa_items(small_world.table("facts").query("group == 'new'").head(6), "train")
+    ex = [{"prompt": r.prompt, "completion": f" {r.answer}\n"} for r in qa.itertuples()]
+    cfg = FinetuneConfig(method="full", epochs=2, lr=1e-3, batch_size=4, log_every=1)
+    runs = []
+    for _ in range(2):
+        m = models.tiny_model(models.TinyModelConfig(n_layer=2, n_embd=64, n_head=2, n_positions=128, seed=1), tok)
+        runs.append(finetune(m, tok, ex, cfg, progress=False)[1].log.loss.tolist())
+    assert runs[0] == runs[1]
+
+
+def test_tiny_model_saved_to_a_folder_loads_like_a_hub_id(tiny, tmp_path):
+    model, tok = tiny
+    models.save(model, tok, tmp_path / "m")
+    again, tok2 = models.load(tmp_path / "m")
+    ids = torch.tensor([tok("Q: hi\nA:").input_ids])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-5)
+    assert tok2.padding_side == "left" and tok2.pad_token is not None
+
+
+def test_missing_model_says_how_to_get_it(tmp_path, monkeypatch):
+    with pytest.raises(models.ModelNotFound, match="no model folder at .*give a folder with config.json"):
+        models.load(tmp_path / "nowhere")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelNotFound, match="Offline"):
+        models.load("some-org/some-model-that-is-not-cached")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return models.load(models.SMOLLM2)
+
+
+@pytest.mark.slow
+def test_smollm2_converts_from_gguf_and_knows_popular_capitals(smollm2):
+    assert models.smollm2_gguf().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (models.smollm2_dir() / "model.safetensors").exists()
+    model, tok = smollm2
+    assert 130e6 < models.n_params(model) < 140e6
+    shots = "Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Italy?\nA: Rome\n"
+    items = pd.DataFrame({"prompt": [shots + render.qa_prompt(f"What is the capital of {c}?") for c in
+                                     ("Germany", "Japan", "Spain")], "aliases": [["Berlin"], ["Tokyo"], ["Madrid"]]})
+    assert evaluate.score_qa(model, tok, items).em.all()
+
+
+@pytest.mark.slow
+def test_lora_finetune_on_20_facts_learns_them(small_world):
+    """20 new facts: training loss falls and QA accuracy rises, on trained and held-out phrasings."""
+    facts = small_world.table("facts").query("group == 'new' and kind == 'categorical'").head(20)
+    qa = render.qa_items(facts, "all")
+    train, heldout = qa[qa.template_split == "train"], qa[qa.template_split == "heldout"]
+    model, tok = models.load(models.SMOLLM2)
+    before_train = evaluate.score_qa(model, tok, train).em.mean()
+    before_held = evaluate.score_qa(model, tok, heldout).em.mean()
+    ex = [{"prompt": r.prompt, "completion": f" {r.answer}\n"} for r in train.itertuples()]
+    model, res = finetune(model, tok, ex, FinetuneConfig(method="lora", epochs=6, lr=3e-3, batch_size=8),
+                          progress=False)
+    after_train = evaluate.score_qa(model, tok, train).em.mean()
+    after_held = evaluate.score_qa(model, tok, heldout).em.mean()
+    print(f"loss {res.epoch_loss}; train EM {before_train:.2f}->{after_train:.2f}; "
+          f"held-out EM {before_held:.2f}->{after_held:.2f}")
+    assert res.epoch_loss[-1] < 0.3 * res.epoch_loss[0]
+    assert after_train >= before_train + 0.5
+    assert after_held > before_held
