@@ -130,23 +130,29 @@ def bench_trainer(load, method, examples, batch_size, name):
             "padding_waste": 1 - real / padded, "batch_size": batch_size, "steps": len(stamps)}
 
 
-def bench_eval(model, tok, name, n_prompts: int):
-    """Greedy generation and multiple-choice scoring: batched vs one prompt at a time."""
+def bench_eval(name, n_prompts: int):
+    """Greedy generation and multiple-choice scoring: batched (128 rows) vs one prompt at a time,
+    with the weights in fp32 and in bf16 (the comparison of interest is within a dtype)."""
     facts = geo.realworld_facts(geo.RealWorldConfig(min_country_population=0, n_cities=500))
     qa = render.qa_items(facts, "heldout").head(n_prompts)
     mc = render.multiple_choice(facts, facts, seed=0).head(n_prompts // 2)
     rows = []
-    for label, bs in (("batched", 32), ("one-at-a-time", 1)):
-        start = time.perf_counter()
-        evaluate.score_qa(model, tok, qa, batch_size=bs)
-        gen_s = time.perf_counter() - start
-        start = time.perf_counter()
-        evaluate.score_multiple_choice(model, tok, mc, batch_size=bs)
-        mc_s = time.perf_counter() - start
-        rows.append({"model": name, "method": "eval-generate", "implementation": label, "dtype": "fp32",
-                     "items_per_s": len(qa) / gen_s, "batch_size": bs})
-        rows.append({"model": name, "method": "eval-multiple-choice", "implementation": label, "dtype": "fp32",
-                     "items_per_s": len(mc) / mc_s, "batch_size": bs})
+    for dtype in ("fp32", "bf16"):
+        model, tok = models.load(models.SMOLLM2, dtype=torch.bfloat16 if dtype == "bf16" else None)
+        for label, bs in (("batched", 128), ("one-at-a-time", 1)):
+            # One-at-a-time runs a quarter of the items: it is slow, and items/s does not depend on n.
+            n = len(qa) if bs > 1 else max(8, len(qa) // 4)
+            start = time.perf_counter()
+            evaluate.score_qa(model, tok, qa.head(n), batch_size=bs)
+            gen_s = time.perf_counter() - start
+            m = len(mc) if bs > 1 else max(4, len(mc) // 4)
+            start = time.perf_counter()
+            evaluate.score_multiple_choice(model, tok, mc.head(m), batch_size=bs)
+            mc_s = time.perf_counter() - start
+            rows.append({"model": name, "method": "eval-generate", "implementation": label, "dtype": dtype,
+                         "items_per_s": n / gen_s, "batch_size": bs})
+            rows.append({"model": name, "method": "eval-multiple-choice", "implementation": label, "dtype": dtype,
+                         "items_per_s": m / mc_s, "batch_size": bs})
     return rows
 
 
@@ -175,8 +181,7 @@ def run(quick: bool = False) -> pd.DataFrame:
                                (tiny, "tiny-4x256", "full")):
         rows.append(bench_trainer(load, method, examples, bs, name))
         print(rows[-1], flush=True)
-    model, tok = models.load(models.SMOLLM2)
-    rows += bench_eval(model, tok, "SmolLM2-135M", 32 if quick else 64)
+    rows += bench_eval("SmolLM2-135M", 128 if quick else 256)
     df = pd.DataFrame(rows)
     train = df.tokens_per_s.notna()
     df.loc[train, "achieved_gflops"] = df.tokens_per_s * df.flops_per_token / 1e9
@@ -201,9 +206,10 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
         if len(base):
             out.append({"model": model, "what": f"{method} finetune, ours (best dtype) / Trainer fp32",
                         "speedup": ours / base.iloc[0]})
-    for (model, method), g in df[df.items_per_s.notna()].groupby(["model", "method"]):
+    for (model, method, dtype), g in df[df.items_per_s.notna()].groupby(["model", "method", "dtype"]):
         b = g.set_index("implementation").items_per_s
-        out.append({"model": model, "what": f"{method}: batched / one at a time", "speedup": b["batched"] / b["one-at-a-time"]})
+        out.append({"model": model, "what": f"{method} {dtype}: batched / one at a time",
+                    "speedup": b["batched"] / b["one-at-a-time"]})
     return pd.DataFrame(out)
 
 
@@ -220,7 +226,8 @@ def main(argv=None) -> int:
     from . import plots
     print(plots.save(plots.bench(df), "bench", "default"))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(df[["model", "method", "implementation", "dtype", "tokens_per_s", "items_per_s", "mfu", "padding_waste"]])
+        print(df[["model", "method", "implementation", "dtype", "tokens_per_s", "items_per_s", "mfu", "padding_waste"]]
+              .round(3).to_string())
         print(sp)
     print(f"wrote {paths.show(out)}")
     return 0

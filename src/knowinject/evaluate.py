@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import scoring
-from .finetune import encode_prompt
+from .finetune import CausalLMLoss, encode_prompt
 
 
 def _position_ids(mask):
@@ -88,19 +88,33 @@ def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: l
     device = next(model.parameters()).device
     for idx in _batches([len(s) for s, _ in pairs], batch_size):
         ids, mask = _left_pad([pairs[i][0] for i in idx], tokenizer.pad_token_id)
-        lp = token_logprobs(model, ids.to(device), mask.to(device))
+        n_last = max(pairs[i][1] for i in idx)
+        # Left padding puts every continuation at the end: only the last n_last positions need the
+        # vocabulary projection, which at 49k entries is most of the cost of a full forward.
+        lp = token_logprobs(model, ids.to(device), mask.to(device), last=n_last)
         for row, i in enumerate(idx):
             n = pairs[i][1]
             out[i] = float(lp[row, -n:].sum())
     return out
 
 
-def token_logprobs(model, input_ids, attention_mask):
-    """log p(token t | tokens < t) for t = 1..T-1, shape [B, T-1] (fp32)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
-                   use_cache=False).logits.float()
-    logp = F.log_softmax(logits[:, :-1], dim=-1)
-    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+def token_logprobs(model, input_ids, attention_mask, last: int | None = None):
+    """log p(token t | tokens < t) for t = 1..T-1, shape [B, T-1] (fp32); with ``last``, only for the
+    final ``last`` tokens, shape [B, last]."""
+    last = input_ids.shape[1] - 1 if last is None else min(last, input_ids.shape[1] - 1)
+    targets = input_ids[:, -last:]
+    position_ids = _position_ids(attention_mask)
+    direct = CausalLMLoss(model)
+    if direct.direct:
+        base = direct._base[0]
+        h = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
+        logits = base.get_output_embeddings()(h[:, -last - 1:-1].contiguous())
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).logits[:, -last - 1:-1]
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets[..., None]).squeeze(-1)
 
 
 def score_multiple_choice(model, tokenizer, items: pd.DataFrame, batch_size: int = 32) -> pd.DataFrame:

@@ -242,7 +242,10 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
     seed_everything(cfg.seed)
     probe = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg.precision, probe)
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    # Autocast is ours rather than Accelerator(mixed_precision=...), whose process-wide state would
+    # forbid a later run in the same kernel from choosing another precision.
+    accelerator = Accelerator()
+    autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     encoded = [encode(e, tokenizer, cfg.max_length) for e in examples]
     lengths = [len(ids) for ids, _ in encoded]
     rng = numpy_rng(cfg.seed, "batches")
@@ -272,7 +275,7 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
             batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
             n_loss = int((batch["labels"][:, 1:] != -100).sum())
             batch = {k: batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "position_ids", "labels")}
-            with accelerator.autocast():
+            with autocast:
                 loss = wrapped(**batch)
             accelerator.backward(loss)
             opt.step()

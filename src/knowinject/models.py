@@ -121,9 +121,12 @@ def load(name_or_path: str | Path, dtype=None, attn_implementation: str | None =
     if looks_like_path and not Path(where).is_dir():
         raise ModelNotFound(f"no model folder at {where}: give a folder with config.json, the tokenizer and "
                             "*.safetensors, or a Hugging Face model id")
+    # Read at call time (huggingface_hub reads it once at import): offline, fail at once, not after retries.
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(where, trust_remote_code=False, use_safetensors=True,
+                                                     local_files_only=offline,
                                                      dtype=dtype or torch.float32,
                                                      attn_implementation=attn_implementation or default_attention())
     except OSError as e:

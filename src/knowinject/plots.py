@@ -102,7 +102,8 @@ def bench(df: pd.DataFrame):
         ax.bar_label(container, labels=[f"{m:.0%}" for m in g.mfu], fontsize=7, padding=2)
     ax.set(yscale="log", xlabel="", ylabel="training tokens / s (log)", title="Finetuning throughput (label: MFU vs bf16 peak)")
     ax.tick_params(axis="x", labelsize=7)
-    sns.barplot(data=ev, x="method", y="items_per_s", hue="implementation", ax=axes[1], palette=PALETTE[2:4])
+    ev["run"] = ev.method.str.replace("eval-", "") + "\n" + ev.dtype
+    sns.barplot(data=ev, x="run", y="items_per_s", hue="implementation", ax=axes[1], palette=PALETTE[2:4])
     axes[1].set(yscale="log", xlabel="", ylabel="items / s (log)", title="Evaluation (SmolLM2)")
     axes[1].tick_params(axis="x", labelsize=7)
     fig.tight_layout()
