@@ -91,21 +91,26 @@ def knownness_by_exposure(summary: pd.DataFrame):
 
 
 def bench(df: pd.DataFrame):
-    """Training tokens/s (with MFU against the measured bf16 peak) and evaluation items/s."""
-    train = df[df.tokens_per_s.notna()].copy()
-    train["run"] = train.method + " " + train.dtype + "\n" + train.implementation
-    ev = df[df.items_per_s.notna()].copy()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2.2, 1]})
-    ax = axes[0]
-    sns.barplot(data=train, x="run", y="tokens_per_s", hue="model", ax=ax, palette=PALETTE[:2])
-    for container, (_, g) in zip(ax.containers, train.groupby("model", sort=False)):
-        ax.bar_label(container, labels=[f"{m:.0%}" for m in g.mfu], fontsize=7, padding=2)
-    ax.set(yscale="log", xlabel="", ylabel="training tokens / s (log)", title="Finetuning throughput (label: MFU vs bf16 peak)")
-    ax.tick_params(axis="x", labelsize=7)
-    ev["run"] = ev.method.str.replace("eval-", "") + "\n" + ev.dtype
-    sns.barplot(data=ev, x="run", y="items_per_s", hue="implementation", ax=axes[1], palette=PALETTE[2:4])
-    axes[1].set(yscale="log", xlabel="", ylabel="items / s (log)", title="Evaluation (SmolLM2)")
-    axes[1].tick_params(axis="x", labelsize=7)
+    """Training tokens/s (labelled with MFU against the measured bf16 peak) and evaluation items/s."""
+    train = df[df.tokens_per_s.notna()].reset_index(drop=True)
+    ev = df[df.items_per_s.notna()].reset_index(drop=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    models_ = list(dict.fromkeys(train.model))
+    colors = [PALETTE[models_.index(m)] for m in train.model]
+    labels = [f"{m.split('-')[0]}\n{r.method} {r.dtype}\n{r.implementation}" for m, r in zip(train.model, train.itertuples())]
+    bars = axes[0].bar(range(len(train)), train.tokens_per_s, color=colors)
+    axes[0].bar_label(bars, labels=[f"{m:.0%}" for m in train.mfu], fontsize=7, padding=2)
+    axes[0].set_xticks(range(len(train)), labels, fontsize=6.5)
+    axes[0].set(yscale="log", ylabel="training tokens / s (log)", title="Finetuning throughput (label: MFU vs bf16 peak)")
+    for i, m in enumerate(models_):
+        axes[0].bar([0], [0], color=PALETTE[i], label=m)
+    axes[0].legend(fontsize=8)
+    ev_colors = [PALETTE[2] if i == "batched" else PALETTE[3] for i in ev.implementation]
+    ev_labels = [f"{'generate' if 'generate' in r.method else 'choice'}\n{r.dtype}\n"
+                 f"{'batched' if r.implementation == 'batched' else 'single'}" for r in ev.itertuples()]
+    axes[1].bar(range(len(ev)), ev.items_per_s, color=ev_colors)
+    axes[1].set_xticks(range(len(ev)), ev_labels, fontsize=6.5)
+    axes[1].set(yscale="log", ylabel="items / s (log)", title=f"Evaluation ({ev.model.iloc[0] if len(ev) else ''})")
     fig.tight_layout()
     return fig
 
