@@ -82,7 +82,7 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path, monkeypatch):
 def test_smoke_02_pretrain(smoke_run):
     s = json.loads((_results(smoke_run) / "tiny_pretrain.json").read_text())
     assert s["final_loss"] < 0.7 * s["first_loss"]  # the tiny model learned its corpus
-    assert s["train_tokens"] > 100_000 and 0 <= s["heldout_em_overall"] <= 1
+    assert s["train_tokens"] > 100_000 and 0 <= s["em_overall"] <= 1
     assert (smoke_run / "figures" / "smoke" / "tiny_knownness_by_exposure.png").exists()
     assert list((smoke_run / "data" / "models").glob("tiny-*/model/model.safetensors"))
 

@@ -73,18 +73,19 @@ def loss_curve(log: pd.DataFrame, title: str):
 
 
 def knownness_by_exposure(summary: pd.DataFrame):
-    """Held-out QA accuracy of the pretrained tiny model by exposure bucket, with 95% bootstrap
-    intervals; one line per (QA in pretraining?) and information kind."""
+    """QA accuracy of the pretrained tiny model about people whose QA was not in its corpus, by
+    exposure bucket, with 95% bootstrap intervals: one line per question-template split and kind."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for i, ((qa, kind), g) in enumerate(summary.groupby(["qa_in_pretraining", "kind"])):
+    styles = {"train": "-", "heldout": "--"}
+    for i, ((split, kind), g) in enumerate(summary.groupby(["template_split", "kind"])):
         g = g.set_index("bucket").reindex(EXPOSURE_LABELS).dropna(subset=["mean"])
         x = [EXPOSURE_LABELS.index(b) for b in g.index]
-        label = f"{kind}, QA {'in' if qa else 'not in'} pretraining"
+        label = f"{kind}, {'training' if split == 'train' else 'held-out'} templates"
         ax.errorbar(x, g["mean"], yerr=[g["mean"] - g.ci_low, g.ci_high - g["mean"]], marker="o", capsize=3,
-                    label=label, color=PALETTE[i], linestyle="-" if qa else "--")
+                    label=label, color=PALETTE[i // 2 * 2 + (kind == "numerical")], linestyle=styles[split])
     ax.set_xticks(range(len(EXPOSURE_LABELS)), EXPOSURE_LABELS)
-    ax.set(xlabel="mentions of the person in the pretraining corpus", ylabel="exact match, held-out questions",
-           title="What the tiny model stored, by exposure", ylim=(-0.02, 1.02))
+    ax.set(xlabel="mentions of the person in the pretraining corpus", ylabel="exact match",
+           title="What the tiny model stored (people whose QA it never saw)", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
