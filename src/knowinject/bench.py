@@ -215,7 +215,7 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
         ours = g[g.implementation == "ours"].sort_values("tokens_per_s").iloc[-1]
         base = g[g.implementation == "trainer-default"].tokens_per_s
         if len(base):
-            out.append({"model": model, "what": f"{method} finetune, batch {bs}: ours ({ours.dtype}) / Trainer fp32",
+            out.append({"model": model, "what": f"{method} finetune, batch {bs}: ours ({ours['dtype']}) / Trainer fp32",
                         "speedup": ours.tokens_per_s / base.iloc[0], "ours_mfu": ours.mfu})
     for (model, method, dtype), g in df[df.items_per_s.notna()].groupby(["model", "method", "dtype"]):
         b = g.set_index("implementation").items_per_s
@@ -227,11 +227,14 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="training and evaluation throughput benchmark")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a check, not a measurement)")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure and speed-ups from bench.csv")
     args = ap.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
-    df = run(args.quick)
     out = paths.results_dir("default") / "bench.csv"
-    df.to_csv(out, index=False)
+    if args.replot:
+        df = pd.read_csv(out)
+    else:
+        df = run(args.quick)
+        df.to_csv(out, index=False)
     sp = speedups(df)
     sp.to_csv(paths.results_dir("default") / "bench_speedups.csv", index=False)
     from . import plots
