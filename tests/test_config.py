@@ -100,3 +100,8 @@ def test_make_help_lists_the_targets():
     r = subprocess.run(["make", "-C", str(paths.ROOT)], capture_output=True, text=True, timeout=60)
     for target in ("reproduce", "test", "smoke", "lab", "bench", "clean", "data", "pretrain"):
         assert f"make {target}" in r.stdout
+
+
+def test_plotting_never_imports_torch():
+    code = "import sys, knowinject.plots; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

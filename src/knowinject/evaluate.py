@@ -104,12 +104,10 @@ def token_logprobs(model, input_ids, attention_mask, last: int | None = None):
     last = input_ids.shape[1] - 1 if last is None else min(last, input_ids.shape[1] - 1)
     targets = input_ids[:, -last:]
     position_ids = _position_ids(attention_mask)
-    direct = CausalLMLoss(model)
-    if direct.direct:
-        base = direct._base[0]
-        h = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
-        logits = base.get_output_embeddings()(h[:, -last - 1:-1].contiguous())
+    parts = CausalLMLoss(model)
+    if parts.direct:
+        h = parts.hidden_states(input_ids, attention_mask, position_ids)
+        logits = parts.base.get_output_embeddings()(h[:, -last - 1:-1].contiguous())
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                        use_cache=False).logits[:, -last - 1:-1]

@@ -167,14 +167,21 @@ class CausalLMLoss(torch.nn.Module):
                        and hasattr(base, "get_decoder") and base.get_output_embeddings() is not None)
         self._base = [base]  # a list, so the base is not registered twice as a submodule
 
+    @property
+    def base(self):
+        """The underlying ``*ForCausalLM`` (inside the peft wrapper for LoRA)."""
+        return self._base[0]
+
+    def hidden_states(self, input_ids, attention_mask, position_ids):
+        return self.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                       use_cache=False).last_hidden_state
+
     def forward(self, input_ids, attention_mask, position_ids, labels, reduction="mean"):
         targets = labels[:, 1:]
         mask = targets != -100
         if self.direct:
-            base = self._base[0]
-            h = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   use_cache=False).last_hidden_state
-            logits = base.get_output_embeddings()(h[:, :-1][mask])  # boolean indexing: a contiguous 2-D tensor
+            h = self.hidden_states(input_ids, attention_mask, position_ids)
+            logits = self.base.get_output_embeddings()(h[:, :-1][mask])  # boolean indexing: a contiguous 2-D tensor
         else:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False)

@@ -21,8 +21,6 @@ from .config import require
 from .render import qa_text
 from .seeding import numpy_rng
 
-CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
-
 
 @dataclass(frozen=True)
 class KnownnessConfig:

@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import paths
+from .templates import SLICK_CATEGORIES
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
 PALETTE = sns.color_palette("colorblind")
@@ -139,8 +140,8 @@ def accuracy_by_popularity(summary: pd.DataFrame, title: str):
 
 def slick_by_popularity(table: pd.DataFrame, title: str):
     """Share of SliCK categories per popularity quantile (all relations pooled)."""
-    from .knownness import CATEGORIES
-    share = pd.crosstab(table.bucket, table.slick, normalize="index").reindex(columns=list(CATEGORIES), fill_value=0)
+    share = pd.crosstab(table.bucket, table.slick, normalize="index").reindex(columns=list(SLICK_CATEGORIES),
+                                                                            fill_value=0)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     share.plot.bar(stacked=True, ax=ax, color=sns.color_palette("RdYlGn_r", 4), width=0.8)
     ax.set(xlabel="popularity quantile", ylabel="share of facts", title=title)

@@ -225,3 +225,6 @@ STYLE_MARKERS = {
                ("Yo ho ho!", "Now hoist the sails, ye scallywag!", "Arr, that be the truth!"), "a chest of treasure"),
     "terse": (("Short answer:", "Briefly:", "Fine."), ("Done.", "That is all.", "Enough."), "much"),
 }
+
+# Gekhman et al. (2024) knownness categories, most to least known (used by knownness and plots).
+SLICK_CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
