@@ -48,8 +48,12 @@ def _batches(lengths, batch_size):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 32,
-             chat: bool = False) -> list[str]:
-    """Greedy continuations of ``prompts``, each cut at its first newline."""
+             chat: bool = False, temperature: float | None = None, seed: int = 0) -> list[str]:
+    """Continuations of ``prompts``, each cut at its first newline: greedy, or sampled at
+    ``temperature`` (plain softmax sampling, seeded) when one is given."""
+    sampling = {} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    if temperature is not None:
+        torch.manual_seed(seed)
     encoded = [encode_prompt(p, tokenizer, chat) for p in prompts]
     stop = newline_token_ids(tokenizer) + [tokenizer.eos_token_id]
     out = [""] * len(prompts)
@@ -57,7 +61,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, bat
     for idx in _batches([len(e) for e in encoded], batch_size):
         ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                             **(sampling or {"do_sample": False}))
         for row, i in enumerate(idx):
             text = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
             out[i] = text.split("\n", 1)[0]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import evaluate, scoring
 from .config import require
@@ -53,23 +52,6 @@ def few_shot_prompts(facts: pd.DataFrame, qa: pd.DataFrame, k: int, set_index: i
     return prompts
 
 
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], temperature: float, seed: int, batch_size: int,
-           max_new_tokens: int = 12) -> list[str]:
-    torch.manual_seed(seed)
-    encoded = [tokenizer(p).input_ids for p in prompts]
-    stop = evaluate.newline_token_ids(tokenizer) + [tokenizer.eos_token_id]
-    out = [""] * len(prompts)
-    for idx in evaluate._batches([len(e) for e in encoded], batch_size):
-        ids, mask = evaluate._left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
-                             temperature=temperature, top_k=0, top_p=1.0, eos_token_id=stop,
-                             pad_token_id=tokenizer.pad_token_id)
-        for row, i in enumerate(idx):
-            out[i] = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True).split("\n", 1)[0]
-    return out
-
-
 def slick_category(greedy_hits: int, n_sets: int, sample_hits: int) -> str:
     if greedy_hits == n_sets:
         return "HighlyKnown"
@@ -104,8 +86,8 @@ def measure(model, tokenizer, facts: pd.DataFrame, qa: pd.DataFrame, cfg: Knownn
         for s in range(cfg.n_sets):
             prompts = few_shot_prompts(out.iloc[never], qa, cfg.k_shot, s, cfg.seed)
             for j in range(cfg.n_samples):
-                preds = sample(model, tokenizer, prompts, cfg.temperature, cfg.seed * 1000 + s * 100 + j,
-                               cfg.batch_size)
+                preds = evaluate.generate(model, tokenizer, prompts, batch_size=cfg.batch_size,
+                                          temperature=cfg.temperature, seed=cfg.seed * 1000 + s * 100 + j)
                 sample_hits[never] += [scoring.exact_match(p, a) for p, a in zip(preds, out.aliases.iloc[never])]
     out["greedy_hits"], out["sample_hits"] = greedy_hits, sample_hits
     out["slick"] = [slick_category(g, cfg.n_sets, h) for g, h in zip(greedy_hits, sample_hits)]

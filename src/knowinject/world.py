@@ -155,8 +155,3 @@ def generate(cfg: WorldConfig) -> pd.DataFrame:
 def _closed(relation: str) -> tuple[int, int]:
     lo, hi = NUMERIC_RANGES[relation]
     return lo, hi + 1  # numpy's integers() excludes the upper bound
-
-
-def value_space(facts: pd.DataFrame, relation: str) -> list[str]:
-    """All values a relation takes in this fact table (the pool multiple-choice distractors come from)."""
-    return sorted(facts.loc[facts.relation == relation, "value"].unique())
