@@ -110,19 +110,18 @@ def measure_run(model_name: str, facts_table: str, world, cfg: KnownnessConfig, 
     from pathlib import Path
 
     from . import models, paths
-    from .runs import cached_run
+    from .runs import cached_table
 
     qa_table = "qa_realworld" if facts_table == "realworld" else "qa"
     key = {"model": Path(str(model_name)).name if Path(str(model_name)).exists() else str(model_name),
            "world": world.folder.name, "facts": facts_table, "subset": subset, "knownness": asdict(cfg)}
 
-    def compute(tmp):
+    def make() -> pd.DataFrame:
         model, tok = models.load(model_name)
         facts = world.table(facts_table)
         if subset is not None:
             facts = facts.iloc[numpy_rng(cfg.seed, "knownness-subset").permutation(len(facts))[:subset]]
-        measure(model, tok, facts, world.table(qa_table), cfg).to_json(tmp / "knownness.jsonl", orient="records",
-                                                                       lines=True)
+        return measure(model, tok, facts, world.table(qa_table), cfg)
 
-    folder = cached_run(paths.RUNS, f"knownness-{facts_table}", key, compute, seed=cfg.seed, profile=profile)
-    return pd.read_json(folder / "knownness.jsonl", lines=True, dtype=False)
+    return cached_table(paths.RUNS, f"knownness-{facts_table}", key, make, "knownness.jsonl", seed=cfg.seed,
+                        profile=profile)

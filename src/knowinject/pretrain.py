@@ -17,7 +17,7 @@ import pandas as pd
 from . import corpus, evaluate, models, paths
 from .config import require
 from .finetune import FinetuneConfig, finetune
-from .runs import cached_run
+from .runs import cached_run, cached_table
 from .worldfiles import WorldFiles
 
 
@@ -84,10 +84,9 @@ def stored_knowledge_run(model_folder: Path, world: WorldFiles, qa_fraction: flo
     """:func:`stored_knowledge` of a pretrained model, cached next to it as ``stored_knowledge.jsonl``."""
     key = {"model": model_folder.name, "world": world.folder.name, "eval": "stored_knowledge-all-templates-v2"}
 
-    def compute(tmp: Path) -> None:
+    def make() -> pd.DataFrame:
         model, tok = models.load(model_folder / "model")
-        scored = stored_knowledge(model, tok, world, qa_fraction, seed)
-        scored.to_json(tmp / "stored_knowledge.jsonl", orient="records", lines=True)
+        return stored_knowledge(model, tok, world, qa_fraction, seed)
 
-    folder = cached_run(paths.RUNS, "stored-knowledge", key, compute, seed=seed, profile=profile)
-    return pd.read_json(folder / "stored_knowledge.jsonl", lines=True, dtype=False)
+    return cached_table(paths.RUNS, "stored-knowledge", key, make, "stored_knowledge.jsonl", seed=seed,
+                        profile=profile)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from . import paths
 from .config import canonical_json, config_hash, save_json
 from .provenance import provenance
@@ -52,3 +54,19 @@ def cached_run(root: Path, slug: str, cfg: Any, compute: Callable[[Path], Any], 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def write_jsonl(df: pd.DataFrame, path: Path) -> None:
+    """The one table format of the compendium: JSON Lines, one record per row, UTF-8."""
+    df.to_json(path, orient="records", lines=True, force_ascii=False)
+
+
+def read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.read_json(path, lines=True, dtype=False)
+
+
+def cached_table(root: Path, slug: str, cfg: Any, make: Callable[[], pd.DataFrame], filename: str, *,
+                 seed: int | None = None, profile: str | None = None) -> pd.DataFrame:
+    """A run whose product is one table: ``make()`` is called only if the run is not finished."""
+    folder = cached_run(root, slug, cfg, lambda tmp: write_jsonl(make(), tmp / filename), seed=seed, profile=profile)
+    return read_jsonl(folder / filename)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import corpus, geo, paths, render, world
-from .runs import cached_run
+from .runs import cached_run, read_jsonl, write_jsonl
 from .templates import STYLES
 
 TABLES = {
@@ -39,7 +39,12 @@ class WorldFiles:
     def table(self, name: str) -> pd.DataFrame:
         if name not in TABLES:
             raise KeyError(f"no table {name!r}; tables: {', '.join(TABLES)}")
-        return pd.read_json(self.folder / f"{name}.jsonl", lines=True, dtype=False)
+        return read_jsonl(self.folder / f"{name}.jsonl")
+
+    def n_rows(self, name: str) -> int:
+        """Rows of a table without parsing it (one JSON record per line)."""
+        with open(self.folder / f"{name}.jsonl", "rb") as f:
+            return sum(1 for _ in f)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -55,10 +60,6 @@ class WorldFiles:
     @property
     def datasheet(self) -> str:
         return (self.folder / "datasheet.md").read_text()
-
-
-def _write(df: pd.DataFrame, path: Path) -> None:
-    df.to_json(path, orient="records", lines=True, force_ascii=False)
 
 
 def _render_all(wcfg: world.WorldConfig, rcfg: geo.RealWorldConfig, profile: str | None, out: Path) -> None:
@@ -86,7 +87,7 @@ def _render_all(wcfg: world.WorldConfig, rcfg: geo.RealWorldConfig, profile: str
         "corpus": pd.DataFrame({"text": corpus.pretraining_texts(facts, seed, wcfg.qa_fraction)}),
     }
     for name, df in tables.items():
-        _write(df, out / f"{name}.jsonl")
+        write_jsonl(df, out / f"{name}.jsonl")
     corpus.train_tokenizer(list(tables["corpus"].text), wcfg.vocab_size).save_pretrained(out / "tokenizer")
     (out / "datasheet.md").write_text(datasheet(tables, wcfg, rcfg, profile))
 
