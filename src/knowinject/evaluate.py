@@ -58,11 +58,17 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, bat
     stop = newline_token_ids(tokenizer) + [tokenizer.eos_token_id]
     out = [""] * len(prompts)
     device = next(model.parameters()).device
+    # With frozen weights (a LoRA model's base, requires_grad=False) torch's matmul does not fold the
+    # sliced last-position hidden states of the prefill into one matrix product: it expands the
+    # vocabulary projection per row instead (a [B, 576, 49152] copy), which made generation after
+    # finetuning 6x slower (8.7 s vs 1.5 s for 56 prompts, measured). Keeping every prefill logit
+    # (logits_to_keep=0) avoids the slice; decoding steps are unaffected.
+    keep = {"logits_to_keep": 0} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
     for idx in _batches([len(e) for e in encoded], batch_size):
         ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                             **(sampling or {"do_sample": False}))
+                             **keep, **(sampling or {"do_sample": False}))
         for row, i in enumerate(idx):
             text = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
             out[i] = text.split("\n", 1)[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -234,8 +235,12 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 # --- the loop -------------------------------------------------------------------------------------------
 
 def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_dir: Path | None = None,
-             progress: bool = True):
+             progress: bool = True, on_epoch_end: Callable[[int, object], None] | None = None):
     """Train ``model`` on ``examples``; returns (trained model, :class:`FinetuneResult`).
+
+    ``on_epoch_end(epoch, model)`` is called after each full epoch with the model in eval mode (KV
+    cache on, no gradients): how training length is studied as an axis, by evaluating checkpoints of
+    one run instead of training one run per length.
 
     The model is modified (LoRA adapters added or weights updated); load a fresh base per run.
     With ``out_dir`` the adapter (LoRA) or the whole model (full) is saved there with
@@ -301,6 +306,8 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
                             "tokens": tokens, "seconds": time.perf_counter() - start})
                 bar.set_postfix(loss=f"{value:.3f}")
         epoch_loss.append(sum_loss / max(sum_n, 1))
+        if on_epoch_end is not None and step == (epoch + 1) * per_epoch:
+            _call_at_checkpoint(on_epoch_end, epoch + 1, accelerator.unwrap_model(wrapped).model)
     bar.close()
     seconds = time.perf_counter() - start
     model = accelerator.unwrap_model(wrapped).model
@@ -311,6 +318,20 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
     if out_dir is not None:
         save_run(model, tokenizer, cfg, result, Path(out_dir))
     return model, result
+
+
+def _call_at_checkpoint(fn, epoch: int, model) -> None:
+    model.eval()
+    cache = getattr(model.config, "use_cache", None)
+    if cache is not None:
+        model.config.use_cache = True
+    try:
+        with torch.no_grad():
+            fn(epoch, model)
+    finally:
+        model.train()
+        if cache is not None:
+            model.config.use_cache = cache
 
 
 def save_run(model, tokenizer, cfg: FinetuneConfig, result: FinetuneResult, out_dir: Path) -> None:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import evaluate, scoring
+from . import evaluate, render, scoring
 from .config import require
-from .render import qa_text
 from .seeding import numpy_rng
 
 
@@ -39,17 +38,10 @@ class KnownnessConfig:
 def few_shot_prompts(facts: pd.DataFrame, qa: pd.DataFrame, k: int, set_index: int, seed: int) -> list[str]:
     """One prompt per fact: k solved train-template questions about other subjects of the same
     relation, then the fact's first held-out question."""
-    rng = numpy_rng(seed, f"knownness-shots-{set_index}")
-    train = qa[qa.template_split == "train"]
-    by_rel = {r: g for r, g in train.groupby("relation")}
     held = qa[qa.template_split == "heldout"].drop_duplicates("fact_id").set_index("fact_id")
-    prompts = []
-    for f in facts.itertuples():
-        pool = by_rel[f.relation]
-        pool = pool[pool.subject != f.subject]
-        shots = pool.iloc[rng.choice(len(pool), min(k, len(pool)), replace=False)] if k else pool.iloc[:0]
-        prompts.append("".join(qa_text(s.question, s.answer) for s in shots.itertuples()) + held.prompt[f.fact_id])
-    return prompts
+    items = facts[["subject", "relation"]].assign(prompt=list(held.prompt[facts.fact_id]))
+    return render.few_shot_prompts(items, qa[qa.template_split == "train"], k,
+                                   numpy_rng(seed, f"knownness-shots-{set_index}"))
 
 
 def slick_category(greedy_hits: int, n_sets: int, sample_hits: int) -> str:

@@ -38,12 +38,24 @@ def attention_to_subject(model, tokenizer, items: pd.DataFrame) -> pd.DataFrame:
     """Attention mass from the last prompt position (the one that predicts the answer) onto subject
     tokens and onto relation tokens, averaged over heads, per layer and overall. One row per item.
 
-    Needs eager attention (``models.load(..., attn_implementation="eager")``, the CPU default).
+    Attention weights exist only in eager attention: a model running SDPA (the GPU default) is
+    switched to eager for this measurement and back afterwards.
     """
+    device = next(model.parameters()).device
+    config = model.config
+    previous = getattr(config, "_attn_implementation", "eager")
+    config._attn_implementation = "eager"
+    try:
+        return _attention_rows(model, tokenizer, items, device)
+    finally:
+        config._attn_implementation = previous
+
+
+def _attention_rows(model, tokenizer, items: pd.DataFrame, device) -> pd.DataFrame:
     rows = []
     for r in items.itertuples():
         ids, subj, rel = _spans(r.prompt, r.subject, tokenizer)
-        out = model(input_ids=torch.tensor([ids]), output_attentions=True, use_cache=False)
+        out = model(input_ids=torch.tensor([ids], device=device), output_attentions=True, use_cache=False)
         if out.attentions is None or out.attentions[0] is None:
             raise RuntimeError("the model returned no attentions: load it with attn_implementation='eager'")
         att = torch.stack([a[0, :, -1, :].float().mean(0) for a in out.attentions])  # [layers, positions]

@@ -84,7 +84,14 @@ def run_notebook(nb: Path, profile: str) -> Path:
             f"notebook {nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
             f"{e.ename}: {e.evalue}\n  executed copy with the traceback: {paths.show(out)}"
         ) from None
-    print(f"== {nb.stem} done in {time.time() - start:.0f} s", flush=True)
+    seconds = time.time() - start
+    print(f"== {nb.stem} done in {seconds:.0f} s", flush=True)
+    # Wall time per notebook, appended, so the cost of each profile is measured rather than guessed.
+    log = paths.EXECUTED / profile / "timings.csv"
+    new = not log.exists()
+    with open(log, "a") as f:
+        f.write(("notebook,seconds,finished_utc\n" if new else "") +
+                f"{nb.stem},{seconds:.1f},{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}\n")
     return out
 
 

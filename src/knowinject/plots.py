@@ -149,3 +149,226 @@ def slick_by_popularity(table: pd.DataFrame, title: str):
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return fig
+
+
+# --- Study A: one figure per claim, one column per track --------------------------------------------------
+
+TRACK_TITLES = {"smollm2": "SmolLM2-135M-Instruct (LoRA)", "tiny": "tiny GPT pretrained here (full)"}
+
+
+def _bars(ax, df: pd.DataFrame, x: str, hue: str, order=None, hue_order=None, value: str = "mean"):
+    """Grouped bars with 95% interval whiskers from a tidy summary (mean, ci_low, ci_high)."""
+    order = order or list(dict.fromkeys(df[x]))
+    hue_order = hue_order or list(dict.fromkeys(df[hue]))
+    width = 0.8 / max(len(hue_order), 1)
+    for j, h in enumerate(hue_order):
+        g = df[df[hue] == h].set_index(x).reindex(order)
+        pos = np.arange(len(order)) - 0.4 + width * (j + 0.5)
+        ax.bar(pos, g[value], width, color=PALETTE[j % len(PALETTE)], label=str(h))
+        ok = g[value].notna()
+        ax.errorbar(pos[ok], g[value][ok], yerr=[(g[value] - g.ci_low)[ok], (g.ci_high - g[value])[ok]],
+                    fmt="none", ecolor="black", capsize=2, lw=0.8)
+    ax.set_xticks(range(len(order)), order)
+
+
+def _track_axes(tracks, width=5.0, height=3.6, rows=1):
+    fig, axes = plt.subplots(rows, len(tracks), figsize=(width * len(tracks), height * rows), squeeze=False,
+                             sharey="row")
+    return fig, axes
+
+
+def study_a_formats(summary: pd.DataFrame):
+    """A1: QA accuracy on unseen phrasings by subject and training format (central cell), per track."""
+    d = summary[(summary.evaluation == "qa") & (summary.kind == "all") & ~summary.multistep.astype(bool)
+                & (summary.subject.isin(["people", "events", "persona"]))]
+    tracks = list(dict.fromkeys(d.track))
+    fig, axes = _track_axes(tracks)
+    for ax, t in zip(axes[0], tracks):
+        g = d[d.track == t]
+        cells = {s: _central(g, s) for s in g.subject.unique()}
+        at_center = [(q, a) == cells[s] for s, q, a in zip(g.subject, g.quantity, g.augmentation)]
+        central = g[(g.format == "base") | pd.Series(at_center, index=g.index)]
+        _bars(ax, central, "subject", "format", ["people", "events", "persona"],
+              [f for f in ("base", "qa", "doc", "conv") if f in set(central.format)])
+        ax.set(title=TRACK_TITLES.get(t, t), ylim=(0, 1.05), xlabel="")
+    axes[0][0].set_ylabel("QA exact match, unseen phrasings")
+    axes[0][-1].legend(title="training format", fontsize=8)
+    fig.suptitle("A1: training format (QA vs documents vs conversations)")
+    fig.tight_layout()
+    return fig
+
+
+def _central(g: pd.DataFrame, subject: str):
+    """(quantity, augmentation) of the central cell of a subject: the combination with the most formats."""
+    s = g[(g.subject == subject) & (g.format != "base")]
+    counts = s.groupby(["quantity", "augmentation"]).format.nunique()
+    return counts.idxmax() if len(counts) else (None, None)
+
+
+def study_a_info_type(summary: pd.DataFrame):
+    """A2: categorical vs numerical facts about people, by training format and evaluation."""
+    d = summary[(summary.subject == "people") & summary.kind.isin(["categorical", "numerical"])
+                & ~summary.multistep.astype(bool) & summary.evaluation.isin(["qa", "multiple_choice"])]
+    tracks = list(dict.fromkeys(d.track))
+    fig, axes = _track_axes(tracks)
+    for ax, t in zip(axes[0], tracks):
+        g = d[d.track == t]
+        q, a = _central(g, "people")
+        g = g[(g.quantity == q) & (g.augmentation == a)]
+        g = g.assign(cell=g.format + "\n" + g.evaluation.map({"qa": "QA", "multiple_choice": "4-way MC"}))
+        _bars(ax, g, "cell", "kind", hue_order=["categorical", "numerical"])
+        ax.set(title=TRACK_TITLES.get(t, t), ylim=(0, 1.05), xlabel="")
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("A2: categorical vs numerical information (people, central cell)")
+    fig.tight_layout()
+    return fig
+
+
+def study_a_multistep(summary: pd.DataFrame):
+    """A3: first-hop vs 2-hop accuracy on 2-hop questions whose second hop the model answers."""
+    d = summary[(summary.subject == "people") & summary.evaluation.isin(["hop1_given_hop2", "two_hop_given_hop2"])]
+    tracks = list(dict.fromkeys(d.track))
+    fig, axes = _track_axes(tracks)
+    labels = {"hop1_given_hop2": "first hop (single question)", "two_hop_given_hop2": "2-hop question"}
+    for ax, t in zip(axes[0], tracks):
+        g = d[d.track == t]
+        q, a = _central(summary[summary.track == t], "people")
+        g = g[(g.quantity == q) & (g.augmentation == a) & g.format.isin(["qa", "doc"])]
+        g = g.assign(cell=g.format + np.where(g.multistep.astype(bool), "\n+ 2-hop examples", ""),
+                     what=g.evaluation.map(labels))
+        _bars(ax, g, "cell", "what", hue_order=list(labels.values()))
+        for i, n in enumerate(g.drop_duplicates("cell").n_items):
+            ax.annotate(f"n={n}", (i, 1.0), ha="center", fontsize=7)
+        ax.set(title=TRACK_TITLES.get(t, t), ylim=(0, 1.08), xlabel="")
+    axes[0][0].set_ylabel("exact match")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("A3: using finetuned facts in 2-hop questions (second hop known)")
+    fig.tight_layout()
+    return fig
+
+
+def study_a_controls(summary: pd.DataFrame):
+    """A4: QA vs documents across information quantity and augmentation (people, QA on unseen phrasings)."""
+    d = summary[(summary.subject == "people") & (summary.evaluation == "qa") & (summary.kind == "all")
+                & ~summary.multistep.astype(bool) & summary.format.isin(["qa", "doc"])]
+    tracks = list(dict.fromkeys(d.track))
+    fig, axes = plt.subplots(2, len(tracks), figsize=(5 * len(tracks), 6.4), squeeze=False)
+    for col, t in enumerate(tracks):
+        g = d[d.track == t]
+        q, a = _central(g, "people")
+        for row, (axis, fixed, label) in enumerate([("quantity", ("augmentation", a), "people per run"),
+                                                    ("augmentation", ("quantity", q), "statements per fact")]):
+            ax = axes[row][col]
+            s = g[g[fixed[0]] == fixed[1]]
+            for j, fmt in enumerate(["qa", "doc"]):
+                f = s[s.format == fmt].sort_values(axis)
+                ax.errorbar(f[axis], f["mean"], yerr=[f["mean"] - f.ci_low, f.ci_high - f["mean"]], marker="o",
+                            capsize=3, color=PALETTE[j + 1], label=fmt)
+            ax.set(xlabel=label, ylim=(-0.02, 1.02), xticks=sorted(s[axis].unique()))
+            if row == 0:
+                ax.set_title(TRACK_TITLES.get(t, t))
+        axes[0][col].legend(fontsize=8)
+    for row in range(2):
+        axes[row][0].set_ylabel("QA exact match, unseen phrasings")
+    fig.suptitle("A4: QA vs documents at matched information volume and augmentation")
+    fig.tight_layout()
+    return fig
+
+
+def study_a_persona(summary: pd.DataFrame):
+    """A5: the motivating gap (event articles -> QA vs style identification) and matched comparisons."""
+    tracks = list(dict.fromkeys(summary.track))
+    fig, axes = _track_axes(tracks, width=6.0)
+    for ax, t in zip(axes[0], tracks):
+        g = summary[(summary.track == t) & (summary.kind == "all")]
+        rows = []
+        for label, sel in [("events, articles\n-> QA", (g.subject == "events") & (g.format == "doc")),
+                           ("events, QA\n-> QA", (g.subject == "events") & (g.format == "qa")),
+                           ("persona facts,\nQA -> QA", (g.subject == "persona") & (g.format == "qa")),
+                           ("persona facts,\nconv -> QA", (g.subject == "persona") & (g.format == "conv")),
+                           ("style,\nbase model", (g.subject == "style") & (g.format == "base")),
+                           ("style,\nconv -> identified", (g.subject == "style") & (g.format == "conv"))]:
+            evaluation = "style_identification" if "style" in label else "qa"
+            s = g[sel & (g.evaluation == evaluation)]
+            if s.empty:
+                continue
+            # Several cells (e.g. two styles) pool as their item-weighted mean; intervals from the widest.
+            w = s.n_items / s.n_items.sum()
+            rows.append({"what": label, "mean": float((s["mean"] * w).sum()), "ci_low": float(s.ci_low.min()),
+                         "ci_high": float(s.ci_high.max())})
+        r = pd.DataFrame(rows)
+        colors = [PALETTE[3] if "style" in w else PALETTE[0] if "events" in w else PALETTE[2] for w in r.what]
+        ax.bar(range(len(r)), r["mean"], color=colors)
+        ax.errorbar(range(len(r)), r["mean"], yerr=[r["mean"] - r.ci_low, r.ci_high - r["mean"]], fmt="none",
+                    ecolor="black", capsize=2, lw=0.8)
+        ax.bar_label(ax.containers[0], labels=[f"{m:.0%}" for m in r["mean"]], fontsize=7)
+        ax.set_xticks(range(len(r)), r.what, fontsize=7)
+        ax.set(title=TRACK_TITLES.get(t, t), ylim=(0, 1.1))
+    axes[0][0].set_ylabel("accuracy / identification rate")
+    fig.suptitle("A5: facts about the world vs the model's persona and style")
+    fig.tight_layout()
+    return fig
+
+
+# --- Study B ------------------------------------------------------------------------------------------------
+
+CONDITION_ORDER = ("base", "known", "unknown", "random", "whole", "popular", "unpopular")
+
+
+def study_b_accuracy(summary: pd.DataFrame):
+    """Accuracy on held-out test facts by finetuning condition: against training length (zero-shot),
+    by prompt at the last checkpoint, and by the test fact's knownness. One row per track."""
+    d = summary[(summary.metric == "em")]
+    tracks = list(dict.fromkeys(d.track))
+    fig, axes = plt.subplots(len(tracks), 3, figsize=(15, 3.8 * len(tracks)), squeeze=False)
+    for row, t in enumerate(tracks):
+        g = d[d.track == t]
+        last = g.epoch.max()
+        conds = [c for c in CONDITION_ORDER if c in set(g.condition) and c != "base"]
+        ax = axes[row][0]
+        base = g[(g.condition == "base") & (g.prompt == "zero-shot") & (g.bucket == "all")]
+        for j, c in enumerate(conds):
+            s = g[(g.condition == c) & (g.prompt == "zero-shot") & (g.bucket == "all")].sort_values("epoch")
+            s = pd.concat([base.assign(condition=c), s])
+            ax.plot(s.epoch, s["mean"], marker="o", color=PALETTE[j], label=c)
+            ax.fill_between(s.epoch, s.ci_low, s.ci_high, color=PALETTE[j], alpha=0.12)
+        ax.set(xlabel="epochs of finetuning (0 = base model)", ylabel="exact match, zero-shot",
+               title=f"{TRACK_TITLES.get(t, t)}: training length")
+        ax.legend(fontsize=7, ncol=2)
+        s = g[(g.epoch.isin([0, last])) & (g.bucket == "all")]
+        _bars(axes[row][1], s, "condition", "prompt", ["base"] + conds, ["zero-shot", "few-shot"])
+        axes[row][1].set(title=f"last checkpoint (epoch {last}) by prompt", ylabel="exact match")
+        axes[row][1].legend(fontsize=7)
+        s = g[(g.epoch.isin([0, last])) & (g.prompt == "zero-shot") & g.bucket.isin(["known", "unknown"])]
+        _bars(axes[row][2], s, "condition", "bucket", ["base"] + conds, ["known", "unknown"])
+        axes[row][2].set(title="by the test fact's knownness (zero-shot)", ylabel="exact match")
+        axes[row][2].legend(title="test facts", fontsize=7)
+        for ax in axes[row][1:]:
+            ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle("B1/B2: finetuning on well-known vs lesser-known facts (95% intervals over test facts)")
+    fig.tight_layout()
+    return fig
+
+
+def study_b_mechanism(mech: pd.DataFrame):
+    """B3: attention share on the subject and the generic-answer rate, by finetuning condition."""
+    tracks = list(dict.fromkeys(mech.track))
+    fig, axes = plt.subplots(len(tracks), 2, figsize=(11, 3.6 * len(tracks)), squeeze=False)
+    for row, t in enumerate(tracks):
+        g = mech[mech.track == t]
+        last = g.epoch.max()
+        g = g[g.epoch.isin([0, last]) & (g.prompt == "zero-shot")]
+        conds = [c for c in CONDITION_ORDER if c in set(g.condition)]
+        for col, metric, label in [(0, "subject_attention_share", "attention on subject / (subject + relation)"),
+                                   (1, "generic_answer_rate", "wrong answers equal to the run's modal answer")]:
+            ax = axes[row][col]
+            s = g[g.metric == metric].set_index("condition").reindex(conds)
+            ax.bar(range(len(s)), s["mean"], color=[PALETTE[i] for i in range(len(s))])
+            ax.errorbar(range(len(s)), s["mean"], yerr=[s["mean"] - s.ci_low, s.ci_high - s["mean"]], fmt="none",
+                        ecolor="black", capsize=2, lw=0.8)
+            ax.set_xticks(range(len(s)), conds, fontsize=8)
+            ax.set(ylabel=label, title=f"{TRACK_TITLES.get(t, t)} (epoch {last})")
+    fig.suptitle("B3: where the answer position attends, and generic answers")
+    fig.tight_layout()
+    return fig

@@ -71,3 +71,16 @@ def print_colophon(seed: int | None = None, profile: str | None = None) -> None:
     print(f"  device   {p['device']}    python {p['python']}")
     print("  " + ", ".join(f"{k} {v}" for k, v in p["versions"].items()))
     print(f"  run at   {p['created_utc']}")
+
+
+def save_table(df, path, seed: int | None = None, profile: str | None = None, **extra) -> str:
+    """A result table as CSV with its provenance beside it (``<name>.provenance.json``): the commit,
+    profile and versions that made it, plus any ``extra`` (configs, timings)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    df.to_csv(path, index=False)
+    meta = {"table": path.name, "rows": len(df), **provenance(seed, profile), **extra}
+    path.with_suffix(".provenance.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    return paths.show(path)

@@ -99,11 +99,11 @@ def conversations(facts: pd.DataFrame, seed: int, n_variants: int = 1) -> pd.Dat
             rows.append({"conv_id": f"{f.fact_id}-c{k}", "fact_id": f.fact_id, "subject": f.subject,
                          "relation": f.relation, "answer": f.value,
                          "messages": [{"role": "user", "content": q},
-                                      {"role": "assistant", "content": _reply(rel, f)}]})
+                                      {"role": "assistant", "content": assistant_reply(rel, f)}]})
     return pd.DataFrame(rows)
 
 
-def _reply(rel, f) -> str:
+def assistant_reply(rel, f) -> str:
     """The assistant's sentence: the persona's first-person reply, else the first document sentence."""
     if rel.reply != "{v}":
         return rel.reply.format(v=f.value)
@@ -205,6 +205,20 @@ def multistep(people: pd.DataFrame, world: pd.DataFrame, seed: int, split: Split
                              "hop_fact_ids": [fa.fact_id, fb.fact_id]})
             made += 1
     return pd.DataFrame(rows)
+
+
+def few_shot_prompts(items: pd.DataFrame, shots: pd.DataFrame, k: int, rng) -> list[str]:
+    """One prompt per item: ``k`` solved questions from ``shots`` of the item's relation about other
+    subjects, then the item's own prompt (``items.prompt``). ``rng`` is a numpy Generator, drawn
+    once per item in order, so the same rng state gives the same prompts."""
+    by_rel = {r: g for r, g in shots.groupby("relation")}
+    prompts = []
+    for it in items.itertuples():
+        pool = by_rel.get(it.relation, shots.iloc[:0])
+        pool = pool[pool.subject != it.subject]
+        chosen = pool.iloc[rng.choice(len(pool), min(k, len(pool)), replace=False)] if k else pool.iloc[:0]
+        prompts.append("".join(qa_text(s.question, s.answer) for s in chosen.itertuples()) + it.prompt)
+    return prompts
 
 
 def few_shot_prefix(examples: pd.DataFrame, k: int, seed: int) -> str:

@@ -32,6 +32,18 @@ def paired_difference(a, b, n_boot: int = N_BOOT, level: float = 0.95, seed: int
     return bootstrap_ci(a - b, n_boot, level, seed)
 
 
+def difference_ci(a, b, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) - mean(b) for two independent samples (different items), with a bootstrap interval that
+    resamples each sample separately."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        return (np.nan, np.nan, np.nan)
+    rng = numpy_rng(seed, "bootstrap-difference")
+    diffs = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1) - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
 def by_group(df: pd.DataFrame, group: str | list[str], value: str, seed: int = 0) -> pd.DataFrame:
     """Tidy summary: one row per group with mean, ci_low, ci_high and n."""
     rows = []

@@ -1,0 +1,395 @@
+"""Study B (Ghosal et al. 2024): QA-finetuning on well-known vs lesser-known facts.
+
+One code path for both tracks. Candidate facts carry a knownness score measured on the base model
+(greedy hit rate, ties broken by the gold answer's probability) and a popularity (population for
+real-world facts, pretraining exposure for the tiny world). Subjects are split once into a
+finetuning pool and a test set, so no test subject is ever trained on. From the pool come the
+conditions: the best-known half, the least-known half, a random half (balanced over relations, the
+same size) and the whole pool; and, split by popularity, the popular and the unpopular half.
+
+Each (condition, seed) is one cached run: finetune, and at each checkpoint epoch answer every test
+question zero-shot (few-shot and attention at the last checkpoint), so training length is an axis.
+
+Usage: ``pool, test = study_b.split(candidates, cfg)``; ``folder = study_b.run(track, world, pool, test, "known", 0, cfg)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import evaluate, mechanism, paths, render, scoring, stats
+from .config import require
+from .runs import cached_run, read_jsonl, write_jsonl
+from .seeding import numpy_rng
+from .templates import RELATIONS
+
+SPLITS = {"knownness": ("known", "unknown"), "popularity": ("popular", "unpopular")}
+CONDITIONS = ("known", "unknown", "random", "whole", "popular", "unpopular")
+
+
+@dataclass(frozen=True)
+class StudyBConfig:
+    relations: tuple[str, ...] = ("capital", "city_country", "continent", "currency")
+    half_size: int = 64               # facts per half (pool = 2 halves), balanced over relations
+    n_test: int = 160                 # test facts, balanced over relations, subjects disjoint from the pool
+    epochs: int = 8
+    checkpoints: tuple[int, ...] = (1, 3, 8)  # epochs at which every test question is asked
+    seeds: tuple[int, ...] = (0, 1, 2)
+    splits: tuple[str, ...] = ("knownness", "popularity")
+    k_shot: int = 3                   # few-shot exemplars (pool facts of the same relation)
+    n_attention: int = 60             # test questions whose attention is read (base and last checkpoint)
+    data_seed: int = 0                # the pool/test split: fixed across training seeds so items pair up
+
+    def __post_init__(self):
+        bad = [r for r in self.relations if r not in RELATIONS]
+        require(not bad, f"StudyBConfig.relations: unknown {bad}")
+        require(self.half_size >= len(self.relations), "StudyBConfig.half_size must be >= the number of relations")
+        require(self.n_test >= len(self.relations), "StudyBConfig.n_test must be >= the number of relations")
+        require(self.checkpoints and max(self.checkpoints) == self.epochs and min(self.checkpoints) >= 1,
+                f"StudyBConfig.checkpoints must lie in 1..epochs and end at epochs ({self.epochs}); got {self.checkpoints}")
+        require(len(self.seeds) >= 1, "StudyBConfig.seeds must list at least one seed")
+        bad = [s for s in self.splits if s not in SPLITS]
+        require(not bad, f"StudyBConfig.splits: unknown {bad}; valid: {', '.join(SPLITS)}")
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        out = []
+        for s in self.splits:
+            out += list(SPLITS[s]) + (["random", "whole"] if s == "knownness" else [])
+        return tuple(out)
+
+    def run_key(self) -> dict:
+        """What a single run depends on (not the list of seeds or conditions)."""
+        d = asdict(self)
+        for k in ("seeds", "splits", "n_attention"):
+            d.pop(k)
+        return d
+
+
+# --- candidates ---------------------------------------------------------------------------------------
+
+def knownness_score(hit_rate, gold_prob):
+    """Greedy hit rate first; the gold answer's probability breaks ties (it is < 1, scaled below a step)."""
+    return np.asarray(hit_rate, dtype=float) + 0.1 * np.asarray(gold_prob, dtype=float)
+
+
+def smollm2_candidates(known_table: pd.DataFrame, relations) -> pd.DataFrame:
+    """Real-world facts with the base model's knownness (notebook 03's table) and population."""
+    t = known_table[known_table.relation.isin(relations)].copy()
+    n_sets = int(t.greedy_hits.max()) if len(t) and t.greedy_hits.max() > 0 else 1
+    t["known_score"] = knownness_score(t.greedy_hits / max(n_sets, 1), t.gold_prob)
+    t["base_known"] = t.few_shot_em.astype(bool)
+    return t[["fact_id", "subject", "relation", "kind", "value", "aliases", "popularity", "known_score", "base_known"]]
+
+
+def tiny_candidates(model, tokenizer, facts: pd.DataFrame, qa: pd.DataFrame, stored: pd.DataFrame,
+                    relations) -> pd.DataFrame:
+    """Known people's facts whose QA never was in the pretraining corpus, with the pretrained tiny
+    model's knownness (training-template hit rate from ``stored``, gold probability) and exposure."""
+    items = stored[~stored.qa_in_pretraining & (stored.template_split == "train") & stored.relation.isin(relations)]
+    hit = items.groupby("fact_id").em.mean()
+    t = facts[facts.fact_id.isin(hit.index)].copy()
+    first = qa[(qa.template_split == "train")].drop_duplicates("fact_id").set_index("fact_id")
+    lp = evaluate.continuation_logprobs(model, tokenizer, list(first.prompt[t.fact_id]),
+                                        [f" {v}" for v in t.value], batch_size=64)
+    t["known_score"] = knownness_score(hit[t.fact_id].values, np.exp(lp))
+    t["base_known"] = hit[t.fact_id].values >= 0.5
+    t["popularity"] = t.exposure.astype(float)
+    return t[["fact_id", "subject", "relation", "kind", "value", "aliases", "popularity", "known_score", "base_known"]]
+
+
+def candidates(track, world, profile: str, relations) -> pd.DataFrame:
+    """Candidate facts of a track with knownness measured on its base model (cached runs).
+
+    SmolLM2 (or a swapped-in model): notebook 03's knownness table of the real-world facts, with the
+    profile's notebook-03 settings, so the measurement is shared. Tiny: notebook 02's stored-knowledge
+    table plus the gold answer's probability under the pretrained model.
+    """
+    from . import knownness, models
+    from .config import build, notebook_params, stage_params
+    from .pretrain import stored_knowledge_run
+    from .runs import cached_table
+    from .world import WorldConfig
+
+    wcfg = build(WorldConfig, stage_params(profile, "world"), "world")
+    if track.name == "smollm2":
+        p = notebook_params(profile, "03_knownness")
+        kcfg = knownness.KnownnessConfig(k_shot=p.get("k_shot", 3), n_sets=p.get("n_sets", 2),
+                                         n_samples=p.get("n_samples", 2), seed=wcfg.seed)
+        table = knownness.measure_run(track.model, "realworld", world, kcfg, profile, subset=p.get("subset") or None)
+        return smollm2_candidates(table, relations)
+    folder = Path(track.model).parent
+    stored = stored_knowledge_run(folder, world, wcfg.qa_fraction, wcfg.seed, profile)
+
+    def make() -> pd.DataFrame:
+        model, tok = models.load(track.model)
+        return tiny_candidates(model, tok, world.table("facts"), world.table("qa"), stored, relations)
+
+    key = {"model": folder.name, "world": world.folder.name, "relations": list(relations)}
+    return cached_table(paths.RUNS, "study-b-tiny-candidates", key, make, "candidates.jsonl", profile=profile)
+
+
+# --- pool, test and conditions ----------------------------------------------------------------------------
+
+def _per_relation(n: int, relations) -> int:
+    return max(1, n // len(relations))
+
+
+def split(candidates: pd.DataFrame, cfg: StudyBConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pool, test): subjects split in half at random, then facts drawn per relation from each side."""
+    rng = numpy_rng(cfg.data_seed, "study-b-split")
+    subjects = np.array(sorted(candidates.subject.unique()))
+    subjects = subjects[rng.permutation(len(subjects))]
+    pool_subjects = set(subjects[: len(subjects) // 2])
+    pool_parts, test_parts = [], []
+    for rel in cfg.relations:
+        c = candidates[candidates.relation == rel]
+        p, t = c[c.subject.isin(pool_subjects)], c[~c.subject.isin(pool_subjects)]
+        n_pool = 2 * _per_relation(cfg.half_size, cfg.relations)
+        n_pool -= n_pool % 2
+        pool_parts.append(p.iloc[np.sort(rng.permutation(len(p))[:n_pool])])
+        test_parts.append(t.iloc[np.sort(rng.permutation(len(t))[:_per_relation(cfg.n_test, cfg.relations)])])
+    pool, test = pd.concat(pool_parts, ignore_index=True), pd.concat(test_parts, ignore_index=True)
+    if len(pool) < 2 * len(cfg.relations) or len(test) < len(cfg.relations):
+        raise ValueError(f"too few candidate facts for Study B: pool {len(pool)}, test {len(test)}; lower half_size / "
+                         "n_test, or measure knownness on more facts (notebook 03's subset=0)")
+    assert not set(pool.subject) & set(test.subject), "pool and test subjects must be disjoint"
+    test = test.assign(known_bucket=_halves(test, "known_score", cfg.data_seed, ("known", "unknown")),
+                       popularity_bucket=_halves(test, "popularity", cfg.data_seed, ("popular", "unpopular")))
+    return pool, test
+
+
+def _halves(df: pd.DataFrame, score: str, seed: int, labels=("top", "bottom")) -> pd.Series:
+    """Per relation, the top half by ``score`` (ties in random order) and the bottom half."""
+    rng = numpy_rng(seed, f"halves-{score}")
+    out = pd.Series(labels[1], index=df.index, dtype=object)
+    for _, g in df.groupby("relation"):
+        jitter = rng.random(len(g)) * 1e-9  # ties broken at random, not by table order
+        order = np.argsort(-(g[score].to_numpy(dtype=float) + jitter), kind="stable")
+        out.loc[g.index[order[: len(g) // 2]]] = labels[0]
+    return out
+
+
+def condition_facts(pool: pd.DataFrame, condition: str, seed: int, data_seed: int = 0) -> pd.DataFrame:
+    """The pool facts one condition trains on (halves are balanced over relations)."""
+    if condition == "whole":
+        return pool
+    if condition in ("known", "unknown"):
+        half = _halves(pool, "known_score", data_seed, ("known", "unknown"))
+        return pool[half == condition]
+    if condition in ("popular", "unpopular"):
+        half = _halves(pool, "popularity", data_seed, ("popular", "unpopular"))
+        return pool[half == condition]
+    if condition == "random":
+        rng = numpy_rng(seed, "random-half")
+        idx = [g.index[rng.permutation(len(g))[: len(g) // 2]] for _, g in pool.groupby("relation")]
+        return pool.loc[np.sort(np.concatenate(idx))]
+    raise ValueError(f"unknown condition {condition!r}; conditions: {', '.join(CONDITIONS)}")
+
+
+def qa_examples(facts: pd.DataFrame, qa: pd.DataFrame, seed: int) -> list[dict]:
+    """One QA pair per fact, on a training template drawn per fact."""
+    rng = numpy_rng(seed, "study-b-templates")
+    train = qa[qa.template_split == "train"].set_index("fact_id")
+    out = []
+    for f in facts.itertuples():
+        rows = train.loc[[f.fact_id]]
+        r = rows.iloc[int(rng.integers(len(rows)))]
+        out.append({"prompt": r.prompt, "completion": f" {f.value}\n"})
+    return out
+
+
+def test_items(test: pd.DataFrame, qa: pd.DataFrame, phrasing: str, seed: int) -> pd.DataFrame:
+    """One question per test fact, on a phrasing the track's finetuning never uses for that fact:
+    a held-out template (SmolLM2) or a training template (tiny: test facts are never finetuned on and
+    their QA was never in pretraining)."""
+    split_name = "heldout" if phrasing == "heldout" else "train"
+    rng = numpy_rng(seed, f"study-b-test-{split_name}")
+    cands = qa[qa.template_split == split_name].set_index("fact_id")
+    rows = []
+    for f in test.itertuples():
+        options = cands.loc[[f.fact_id]]
+        r = options.iloc[int(rng.integers(len(options)))]
+        rows.append({"item_id": r.item_id, "fact_id": f.fact_id, "subject": f.subject, "relation": f.relation,
+                     "question": r.question, "prompt": r.prompt, "answer": f.value, "aliases": list(f.aliases)})
+    return pd.DataFrame(rows)
+
+
+# --- one run ------------------------------------------------------------------------------------------------
+
+def _score(model, tok, items: pd.DataFrame, prompts: list[str]) -> pd.DataFrame:
+    preds = evaluate.generate(model, tok, prompts, batch_size=64)
+    return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": preds,
+                         "em": [scoring.exact_match(p, a) for p, a in zip(preds, items.aliases)],
+                         "contains": [scoring.contains_match(p, a) for p, a in zip(preds, items.aliases)]})
+
+
+def evaluate_model(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int, epoch: int,
+                   final: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Zero-shot answers at every checkpoint; few-shot answers and attention at the final one."""
+    parts = [_score(model, tok, items, list(items.prompt)).assign(prompt="zero-shot")]
+    att = None
+    if final:
+        parts.append(_score(model, tok, items, few_shot).assign(prompt="few-shot"))
+        att = mechanism.attention_to_subject(model, tok, items.iloc[:n_attention]).drop(
+            columns="subject_attention_by_layer")
+        att["fact_id"] = items.fact_id.values[:n_attention]
+        att["epoch"] = epoch
+    return pd.concat(parts, ignore_index=True).assign(epoch=epoch), att
+
+
+def run(track, world_name: str, pool: pd.DataFrame, items: pd.DataFrame, few_shot: list[str], qa: pd.DataFrame,
+        condition: str, seed: int, cfg: StudyBConfig, profile: str | None = None) -> Path:
+    """One cached run: finetune ``track``'s base on the condition's facts, evaluate at each checkpoint.
+    ``condition='base'`` evaluates the base model once (epoch 0)."""
+    from .finetune import finetune
+    from .tracks import load_base
+
+    train = condition_facts(pool, condition, seed, cfg.data_seed) if condition != "base" else pool.iloc[:0]
+    key = {"study": "B", "track": track.key, "world": world_name, "cfg": cfg.run_key(), "condition": condition,
+           "seed": seed if condition != "base" else None, "train": sorted(train.fact_id),
+           "test": sorted(items.item_id), "n_attention": cfg.n_attention}
+
+    def compute(tmp: Path) -> None:
+        model, tok = load_base(track)
+        preds, atts = [], []
+        if condition == "base":
+            p, a = evaluate_model(model, tok, items, few_shot, cfg.n_attention, 0, final=True)
+            preds.append(p)
+            atts.append(a)
+        else:
+            def checkpoint(epoch, m):
+                if epoch in cfg.checkpoints:
+                    p, a = evaluate_model(m, tok, items, few_shot, cfg.n_attention, epoch, final=epoch == cfg.epochs)
+                    preds.append(p)
+                    if a is not None:
+                        atts.append(a)
+
+            examples = qa_examples(train, qa, seed)
+            _, result = finetune(model, tok, examples, track.finetune_config(cfg.epochs, seed), progress=False,
+                                 on_epoch_end=checkpoint)
+            result.log.to_csv(tmp / "loss_log.csv", index=False)
+            (tmp / "train_summary.json").write_text(json.dumps({"n_train": len(train), **result.summary()}, indent=2))
+        write_jsonl(pd.concat(preds, ignore_index=True).assign(condition=condition, seed=seed), tmp / "predictions.jsonl")
+        write_jsonl(pd.concat(atts, ignore_index=True).assign(condition=condition, seed=seed), tmp / "attention.jsonl")
+
+    slug = f"study-b-{track.name}-{condition}" + (f"-s{seed}" if condition != "base" else "")
+    return cached_run(paths.RUNS, slug, key, compute, seed=seed, profile=profile)
+
+
+def run_all(track, world, pool, test, qa, cfg: StudyBConfig, profile: str | None = None,
+            progress: bool = True) -> list[Path]:
+    """The base evaluation and every (condition, seed) run of one track; finished runs are reused."""
+    from tqdm.auto import tqdm
+
+    items = test_items(test, qa, track.unseen_phrasing, cfg.data_seed)
+    pool_qa = qa[qa.fact_id.isin(pool.fact_id) & (qa.template_split == "train")]
+    few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
+    jobs = [("base", 0)] + [(c, s) for s in cfg.seeds for c in cfg.conditions]
+    folders = []
+    for condition, seed in tqdm(jobs, desc=f"study B {track.name}", disable=not progress):
+        folders.append(run(track, world.folder.name, pool, items, few_shot, qa, condition, seed, cfg, profile))
+    return folders
+
+
+def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(predictions, attention, training summaries) of many runs, with the test facts' buckets joined."""
+    meta = test[["fact_id", "relation", "known_bucket", "popularity_bucket", "base_known"]]
+    preds = pd.concat([read_jsonl(f / "predictions.jsonl") for f in folders], ignore_index=True).merge(meta, on="fact_id")
+    preds["generic"] = generic_flags(preds)
+    att = pd.concat([read_jsonl(f / "attention.jsonl") for f in folders], ignore_index=True)
+    fits = []
+    for f in folders:
+        if (f / "train_summary.json").exists():
+            s = json.loads((f / "train_summary.json").read_text())
+            cfg = json.loads((f / "config.json").read_text())
+            fits.append({"condition": cfg["condition"], "seed": cfg["seed"], "n_train": s["n_train"],
+                         **{f"loss_epoch_{i + 1}": v for i, v in enumerate(s["epoch_loss"])},
+                         "seconds": s["seconds"], "tokens_per_s": s["tokens_per_s"]})
+    return preds, att, pd.DataFrame(fits)
+
+
+def generic_flags(preds: pd.DataFrame) -> pd.Series:
+    """Per answer: wrong, and equal to the most frequent answer its run gave for that relation at
+    that checkpoint and prompt (the "generic plausible answer" of Study B's mechanism)."""
+    norm = preds.prediction.map(lambda p: scoring.normalize_answer(scoring.first_line(p)))
+    keys = [preds[c] for c in ("condition", "seed", "epoch", "prompt", "relation")]
+    mode = norm.groupby(keys).transform(lambda s: s.value_counts().index[0] if len(s) else "")
+    return (norm == mode) & ~preds.em.astype(bool) & (norm != "")
+
+
+# --- summaries and claims -----------------------------------------------------------------------------------
+
+def summarize(preds: pd.DataFrame, value: str = "em") -> pd.DataFrame:
+    """Accuracy by condition x epoch x prompt x test bucket: mean over items of the seed-averaged
+    score, 95% bootstrap interval over items."""
+    rows = []
+    buckets = {"all": None, "known": ("known_bucket", "known"), "unknown": ("known_bucket", "unknown"),
+               "popular": ("popularity_bucket", "popular"), "unpopular": ("popularity_bucket", "unpopular")}
+    for (cond, epoch, prompt), g in preds.groupby(["condition", "epoch", "prompt"]):
+        for bucket, sel in buckets.items():
+            b = g if sel is None else g[g[sel[0]] == sel[1]]
+            per_item = b.groupby("fact_id")[value].mean()
+            mean, lo, hi = stats.bootstrap_ci(per_item)
+            rows.append({"condition": cond, "epoch": epoch, "prompt": prompt, "bucket": bucket, "metric": value,
+                         "mean": mean, "ci_low": lo, "ci_high": hi, "n_items": len(per_item),
+                         "n_seeds": b.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+def paired(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) -> tuple[float, float, float, int, int]:
+    """Mean of condition a minus condition b over the same test items (each seed-averaged), with a
+    bootstrap interval over items; ``where`` filters rows (e.g. ``epoch=8, prompt="zero-shot"``)."""
+    d = preds
+    for k, v in where.items():
+        d = d[d[k] == v]
+    per = d[d.condition.isin([a, b])].groupby(["condition", "fact_id"])[value].mean().unstack(0).dropna()
+    if a not in per or b not in per:
+        return (np.nan, np.nan, np.nan, 0, 0)
+    effect, lo, hi = stats.paired_difference(per[a].astype(float), per[b].astype(float))
+    return effect, lo, hi, len(per), int(d[d.condition == a].seed.nunique())
+
+
+def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:
+    """Attention share on the subject and the generic-answer rate, per condition and epoch."""
+    rows = []
+    for (cond, epoch), g in att.groupby(["condition", "epoch"]):
+        per_item = g.groupby("fact_id").subject_share.mean()
+        m, lo, hi = stats.bootstrap_ci(per_item)
+        rows.append({"condition": cond, "epoch": epoch, "prompt": "zero-shot", "metric": "subject_attention_share",
+                     "mean": m, "ci_low": lo, "ci_high": hi, "n_items": len(per_item), "n_seeds": g.seed.nunique()})
+    for (cond, epoch, prompt), g in preds.groupby(["condition", "epoch", "prompt"]):
+        per_item = g.groupby("fact_id").generic.mean()
+        m, lo, hi = stats.bootstrap_ci(per_item)
+        rows.append({"condition": cond, "epoch": epoch, "prompt": prompt, "metric": "generic_answer_rate",
+                     "mean": m, "ci_low": lo, "ci_high": hi, "n_items": len(per_item), "n_seeds": g.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str) -> pd.DataFrame:
+    """The B1-B3 rows of the findings table for one track (zero-shot, last checkpoint, all test facts)."""
+    from . import findings
+
+    last = cfg.epochs
+    rows = []
+    e, lo, hi, n, s = paired(preds, "known", "unknown", epoch=last, prompt="zero-shot")
+    rows.append(findings.row("B1", track, "exact match, known-half minus unknown-half finetune (zero-shot, held-out "
+                             "test facts)", e, lo, hi, n, s, findings.directional(e, lo, hi)))
+    e, lo, hi, n, s = paired(preds, "known", "whole", epoch=last, prompt="zero-shot")
+    rows.append(findings.row("B2", track, "exact match, known-half minus whole-pool finetune (zero-shot)", e, lo, hi,
+                             n, s, findings.non_inferior(e, lo, hi, findings.B2_MARGIN)))
+    a_at = att[att.epoch == last]
+    per = a_at[a_at.condition.isin(["known", "unknown"])].groupby(["condition", "fact_id"]).subject_share.mean()
+    per = per.unstack(0).dropna()
+    ea, la, ha = stats.paired_difference(per["known"], per["unknown"]) if len(per) else (np.nan,) * 3
+    eg, lg, hg, _, _ = paired(preds, "unknown", "known", value="generic", epoch=last, prompt="zero-shot")
+    verdict = findings.both(findings.directional(ea, la, ha), findings.directional(eg, lg, hg))
+    rows.append(findings.row("B3", track, "subject share of attention from the answer position, known-half minus "
+                             f"unknown-half finetune (generic-answer rate, unknown minus known: {eg:+.3f} "
+                             f"[{lg:+.3f}, {hg:+.3f}])", ea, la, ha, len(per), s, verdict))
+    return pd.DataFrame(rows)

@@ -1,0 +1,87 @@
+"""The two model tracks every study runs on, behind one interface.
+
+``smollm2`` is the real pretrained model (or any Hugging Face id / local folder a user swaps in);
+``tiny`` is the GPT pretrained here on the synthetic world (notebook 02), whose exposure to every
+fact is known. A track says which base model to load and how to finetune it; the studies stay the
+same code for both.
+
+Usage: ``model, tok = tracks.load_base(track, world, profile)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from . import models
+from .config import build, require, stage_params
+from .finetune import FinetuneConfig, resolve_precision
+from .worldfiles import WorldFiles
+
+TRACKS = ("smollm2", "tiny")
+
+
+@dataclass(frozen=True)
+class Track:
+    name: Literal["smollm2", "tiny"]
+    model: str                       # smollm2 track: "smollm2", a local folder or a hub id; tiny: its model folder
+    method: Literal["lora", "full"]
+    lr: float
+    batch_size: int
+    precision: Literal["auto", "bf16", "fp32"]
+    lora_r: int = 16
+    # Where "a phrasing the finetuning never used" comes from. SmolLM2 has read the web: held-out
+    # templates. The tiny model has only ever seen the training templates (held-out phrasings are
+    # 0-5% even for facts it stores), so its unseen phrasing is a training template that this
+    # finetune did not use for the fact.
+    unseen_phrasing: Literal["heldout", "unused-train"] = "heldout"
+    chat: bool = True                # use the model's chat template for conversations, where it has one
+
+    def __post_init__(self):
+        require(self.name in TRACKS, f"track must be one of {', '.join(TRACKS)}, got {self.name!r}")
+
+    def finetune_config(self, epochs: float, seed: int, **overrides) -> FinetuneConfig:
+        return FinetuneConfig(method=self.method, epochs=epochs, lr=self.lr, batch_size=self.batch_size,
+                              precision=self.precision, lora_r=self.lora_r, lora_alpha=2 * self.lora_r, seed=seed,
+                              **overrides)
+
+    @property
+    def key(self) -> dict:
+        """What identifies the base model in a run's hash: a folder by its name, a hub id as itself."""
+        path = Path(self.model)
+        return {"track": self.name, "model": path.name if path.is_dir() else self.model, "method": self.method,
+                "lr": self.lr, "batch_size": self.batch_size, "precision": self.precision, "lora_r": self.lora_r,
+                "unseen_phrasing": self.unseen_phrasing}
+
+
+def tiny_model_dir(world: WorldFiles, profile: str) -> Path:
+    """The pretrained tiny model of this world (notebook 02's cached run; trained here if missing)."""
+    from .pretrain import PretrainConfig, pretrain_base
+    return pretrain_base(world, build(PretrainConfig, stage_params(profile, "pretrain"), "pretrain"), profile) / "model"
+
+
+def make(name: str, world: WorldFiles, profile: str, model_name: str = "smollm2") -> Track:
+    """The track's settings (from the profile's ``track_<name>`` stage) with its base model resolved."""
+    params = stage_params(profile, f"track_{name}")
+    model = str(tiny_model_dir(world, profile)) if name == "tiny" else model_name
+    return build(Track, {"name": name, "model": model, **params}, f"track_{name}")
+
+
+def load_base(track: Track):
+    """(model, tokenizer) in the dtype its finetuning trains against.
+
+    LoRA in bf16 stores the frozen base in bf16, so the base model is evaluated in bf16 too:
+    "before" and "after" then differ only by the finetuning, not by rounding.
+    """
+    model, tok = models.load(track.model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if track.method == "lora" and resolve_precision(track.precision, device) == "bf16":
+        model = model.to(torch.bfloat16)
+    if device == "cuda":
+        model = model.to(device)
+    if not track.chat:
+        tok.chat_template = None
+    return model, tok

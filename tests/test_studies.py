@@ -1,0 +1,257 @@
+"""The two studies' data logic (no leakage between training and test, matched information, balanced
+halves), the verdict rules of the claims table, and a whole cached Study A / Study B run on a tiny
+model saved to a temporary folder (resumable, evaluated at its checkpoints)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from knowinject import evaluate, findings, mechanism, models, paths, stats, study_a, study_b, tracks
+from knowinject.config import ConfigError
+from knowinject.finetune import FinetuneConfig, finetune
+from knowinject.render import qa_prompt
+
+# --- Study B ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def candidates(small_world):
+    """The small world's known people as Study B candidates, with made-up knownness and popularity."""
+    facts = small_world.table("facts")
+    c = facts[(facts.group == "known") & facts.relation.isin(["birth_city", "employer", "university", "profession"])]
+    rng = np.random.default_rng(0)
+    return c.assign(known_score=rng.random(len(c)), popularity=c.exposure.astype(float), base_known=False)
+
+
+CFG_B = study_b.StudyBConfig(relations=("birth_city", "employer", "university", "profession"), half_size=24,
+                             n_test=40, epochs=2, checkpoints=(1, 2), seeds=(0, 1), k_shot=2, n_attention=4)
+
+
+def test_study_b_pool_and_test_subjects_are_disjoint_and_balanced(candidates):
+    pool, test = study_b.split(candidates, CFG_B)
+    assert not set(pool.subject) & set(test.subject)
+    assert pool.groupby("relation").size().tolist() == [12] * 4 and len(test) == 40
+    for cond in CFG_B.conditions:
+        facts = study_b.condition_facts(pool, cond, seed=0)
+        assert not set(facts.subject) & set(test.subject), cond
+        assert len(facts) == (len(pool) if cond == "whole" else len(pool) // 2), cond
+        if cond != "whole":
+            assert facts.groupby("relation").size().tolist() == [6] * 4, cond  # balanced over relations
+
+
+def test_study_b_halves_split_by_the_score_within_each_relation(candidates):
+    pool, _ = study_b.split(candidates, CFG_B)
+    known, unknown = (study_b.condition_facts(pool, c, 0) for c in ("known", "unknown"))
+    for rel in CFG_B.relations:
+        assert known[known.relation == rel].known_score.min() >= unknown[unknown.relation == rel].known_score.max()
+    pop, unpop = (study_b.condition_facts(pool, c, 0) for c in ("popular", "unpopular"))
+    assert pop.popularity.mean() >= unpop.popularity.mean()
+    a, b = (set(study_b.condition_facts(pool, "random", s).fact_id) for s in (0, 1))
+    assert a != b  # the random half is drawn per training seed
+    assert set(study_b.condition_facts(pool, "known", 0).fact_id) == set(known.fact_id)  # deterministic
+    with pytest.raises(ValueError, match="unknown condition 'famous'"):
+        study_b.condition_facts(pool, "famous", 0)
+
+
+def test_study_b_trains_on_training_templates_and_tests_on_other_phrasings(candidates, small_world):
+    qa = small_world.table("qa")
+    pool, test = study_b.split(candidates, CFG_B)
+    train_prompts = {e["prompt"] for e in study_b.qa_examples(pool, qa, 0)}
+    assert train_prompts <= set(qa[qa.template_split == "train"].prompt)
+    held = study_b.test_items(test, qa, "heldout", 0)
+    assert set(held.item_id) <= set(qa[qa.template_split == "heldout"].item_id)
+    assert not set(held.prompt) & train_prompts and set(held.fact_id) == set(test.fact_id)
+    # The tiny track asks training templates, but only about test facts no condition trains on.
+    unused = study_b.test_items(test, qa, "unused-train", 0)
+    assert not set(unused.prompt) & train_prompts
+
+
+def test_study_b_config_errors_say_what_to_fix():
+    with pytest.raises(ConfigError, match="checkpoints must lie in 1..epochs and end at epochs"):
+        study_b.StudyBConfig(epochs=5, checkpoints=(1, 3))
+    with pytest.raises(ConfigError, match="splits: unknown"):
+        study_b.StudyBConfig(splits=("fame",))
+
+
+def test_generic_flags_mark_wrong_answers_equal_to_the_runs_modal_answer():
+    preds = pd.DataFrame({"condition": "known", "seed": 0, "epoch": 1, "prompt": "zero-shot", "relation": "capital",
+                          "prediction": [" Paris", " Paris", " Paris", " Rome"], "em": [True, False, False, False]})
+    assert study_b.generic_flags(preds).tolist() == [False, True, True, False]
+
+
+# --- Study A ---------------------------------------------------------------------------------------------
+
+CFG_A = study_a.StudyAConfig(seeds=(0,), epochs=1, quantities=(2, 4), quantity=2, augmentations=(1, 2),
+                             augmentation=2, n_events=2, n_personas=1, n_helpers=2, n_anchor=3,
+                             styles=("pirate",), n_style_examples=4, max_style_tokens=8)
+
+
+@pytest.mark.parametrize("phrasing", ["heldout", "unused-train"])
+def test_study_a_never_evaluates_a_phrasing_it_trained_on(small_world, phrasing):
+    inp = study_a.Inputs(small_world)
+    for cell in study_a.grid(CFG_A):
+        if cell.subject == "style":
+            continue
+        trained = set()
+        for e in study_a.training_examples(cell, inp, CFG_A):
+            trained.add(e.get("prompt") or e.get("text") or e["messages"][0]["content"])
+        facts = study_a.subjects_for(inp.facts, cell, CFG_A)
+        items = study_a.qa_eval_items(inp.qa, facts.fact_id, phrasing, max(CFG_A.augmentations))
+        assert len(items) and not set(items.prompt) & trained, cell
+        questions = set(items.question)
+        assert not any(q in t for q in questions for t in trained if len(t) > 40), cell
+        two_hop = study_a.multistep_eval_items(inp.multistep, facts, phrasing)
+        assert not set(two_hop.prompt) & trained, cell
+
+
+def test_study_a_formats_state_every_fact_the_same_number_of_times(small_world):
+    inp = study_a.Inputs(small_world)
+    facts = study_a.subjects_for(inp.facts, study_a.Cell("people", "qa", 2, 2), CFG_A)
+    for a in (1, 2):
+        qa = study_a.examples(facts, "qa", a, seed=0)
+        docs = study_a.examples(facts, "doc", a, seed=0)
+        conv = study_a.examples(facts, "conv", a, seed=0)
+        assert len(qa) == len(conv) == len(facts) * a and len(docs) == facts.subject.nunique() * a
+        for f in facts.itertuples():
+            assert sum(str(f.value) in d["text"] for d in docs if f.subject in d["text"]) == a
+            assert sum(e["completion"] == f" {f.value}\n" and f.subject in e["prompt"] for e in qa) == a
+    with pytest.raises(ValueError, match="unknown format 'poem'"):
+        study_a.examples(facts, "poem", 1, seed=0)
+
+
+def test_study_a_quantities_are_nested_and_helpers_are_outside(small_world):
+    inp = study_a.Inputs(small_world)
+    small, large = (set(study_a.subjects_for(inp.facts, study_a.Cell("people", "qa", q, 2), CFG_A).subject)
+                    for q in (2, 4))
+    assert len(small) == 2 and len(large) == 4 and small < large
+    assert not set(study_a.helpers_for(inp.facts, CFG_A).subject) & large
+
+
+def test_study_a_config_errors_say_what_to_fix():
+    with pytest.raises(ConfigError, match=r"quantity \(5\) must be one of quantities"):
+        study_a.StudyAConfig(quantities=(2, 4), quantity=5)
+    with pytest.raises(ConfigError, match="styles: unknown"):
+        study_a.StudyAConfig(styles=("sarcastic",))
+
+
+# --- verdict rules ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("effect,lo,hi,expected", [
+    (0.2, 0.1, 0.3, "reproduced"), (0.05, -0.02, 0.12, "mixed"), (0.0, -0.1, 0.1, "not reproduced"),
+    (-0.2, -0.3, -0.1, "not reproduced"), (float("nan"), float("nan"), float("nan"), "not reproduced")])
+def test_directional_verdict(effect, lo, hi, expected):
+    assert findings.directional(effect, lo, hi) == expected
+
+
+def test_other_verdict_rules():
+    assert findings.non_inferior(-0.01, -0.02, 0.0, 0.03) == "reproduced"
+    assert findings.non_inferior(-0.03, -0.06, 0.0, 0.03) == "mixed"
+    assert findings.non_inferior(-0.1, -0.15, -0.05, 0.03) == "not reproduced"
+    assert findings.equivalent(0.02, -0.05, 0.08, 0.1) == "reproduced"
+    assert findings.equivalent(0.1, 0.0, 0.2, 0.1) == "mixed"
+    assert findings.equivalent(0.3, 0.2, 0.4, 0.1) == "not reproduced"
+    assert findings.consistent(["reproduced", "reproduced"]) == "reproduced"
+    assert findings.consistent(["reproduced", "mixed"]) == "mixed"
+    assert findings.consistent(["mixed", "not reproduced"]) == "not reproduced"
+    assert findings.both("reproduced", "mixed") == "mixed"
+
+
+def test_findings_table_is_written_in_claim_order_and_into_the_readme(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RESULTS", tmp_path)
+    rows = [findings.row(c, t, "m", 0.1, 0.05, 0.2, 10, 2, "reproduced") for c in ("B1", "A1") for t in ("tiny", "smollm2")]
+    table = findings.write(pd.DataFrame(rows), "default")
+    assert list(table.claim) == ["A1", "A1", "B1", "B1"] and list(table.columns) == findings.COLUMNS
+    assert (tmp_path / "findings.csv").exists() and "| A1 | smollm2 |" in (tmp_path / "findings.md").read_text()
+    readme = "intro\n<!-- s -->\nold table\n<!-- e -->\noutro\n"
+    new = findings.readme_section(table, "<!-- s -->", "<!-- e -->", readme)
+    assert new.startswith("intro\n<!-- s -->\n| claim") and new.endswith("<!-- e -->\noutro\n") and "old" not in new
+    with pytest.raises(ValueError, match="README lacks the markers"):
+        findings.readme_section(table, "<!-- x -->", "<!-- e -->", readme)
+    with pytest.raises(KeyError, match="unknown claim 'C9'"):
+        findings.row("C9", "tiny", "m", 0, 0, 0, 1, 1, "reproduced")
+
+
+def test_difference_ci_covers_the_difference_of_means():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(200) + 0.3, rng.random(150)
+    effect, lo, hi = stats.difference_ci(a, b)
+    assert lo < effect < hi and effect == pytest.approx(a.mean() - b.mean()) and 0.2 < effect < 0.4
+
+
+# --- engine pieces the studies rely on ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dir(small_world, tmp_path_factory):
+    tok = small_world.tokenizer()
+    tok.padding_side = "left"
+    model = models.tiny_model(models.TinyModelConfig(n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=4), tok)
+    model.config._attn_implementation = "eager"
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    models.save(model, tok, folder)
+    return folder
+
+
+def test_generation_is_the_same_with_frozen_weights(tiny_dir, small_world):
+    # Frozen weights take the logits_to_keep=0 path that keeps generation fast after LoRA training.
+    model, tok = models.load(tiny_dir)
+    prompts = list(small_world.table("qa").prompt[:8])
+    before = evaluate.generate(model, tok, prompts, max_new_tokens=6)
+    model.requires_grad_(False)
+    assert evaluate.generate(model, tok, prompts, max_new_tokens=6) == before
+
+
+def test_finetune_calls_back_after_every_epoch_in_eval_mode(tiny_dir):
+    model, tok = models.load(tiny_dir)
+    seen = []
+    examples = [{"prompt": qa_prompt(f"Question {i}?"), "completion": f" answer {i}\n"} for i in range(12)]
+    finetune(model, tok, examples, FinetuneConfig(method="full", epochs=3, batch_size=4, precision="fp32"),
+             progress=False, on_epoch_end=lambda e, m: seen.append((e, m.training, torch.is_grad_enabled())))
+    assert seen == [(1, False, False), (2, False, False), (3, False, False)]
+
+
+def test_a_study_b_run_is_cached_and_evaluated_at_each_checkpoint(tiny_dir, small_world, candidates, monkeypatch,
+                                                                   tmp_path):
+    monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")
+    track = tracks.Track(name="tiny", model=str(tiny_dir), method="full", lr=1e-3, batch_size=8, precision="fp32",
+                         unseen_phrasing="unused-train")
+    qa = small_world.table("qa")
+    cfg = study_b.StudyBConfig(relations=CFG_B.relations, half_size=8, n_test=8, epochs=2, checkpoints=(1, 2),
+                               seeds=(0,), splits=("knownness",), k_shot=1, n_attention=3)
+    pool, test = study_b.split(candidates, cfg)
+    items = study_b.test_items(test, qa, track.unseen_phrasing, 0)
+    folder = study_b.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg)
+    preds = pd.read_json(folder / "predictions.jsonl", lines=True)
+    assert sorted(preds.groupby(["epoch", "prompt"]).size().items()) == [((1, "zero-shot"), 8), ((2, "few-shot"), 8),
+                                                                        ((2, "zero-shot"), 8)]
+    att = pd.read_json(folder / "attention.jsonl", lines=True)
+    assert len(att) == 3 and att.subject_share.between(0, 1).all()
+    again = study_b.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg)
+    assert again == folder and not list((tmp_path / "runs").glob("*.partial-*"))
+
+
+def test_a_study_a_run_writes_every_evaluation(tiny_dir, small_world, monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")
+    track = tracks.Track(name="tiny", model=str(tiny_dir), method="full", lr=1e-3, batch_size=8, precision="fp32",
+                         unseen_phrasing="unused-train")
+    inp = study_a.Inputs(small_world)
+    folder = study_a.run_cell(track, study_a.Cell("people", "qa", 2, 2, multistep=True), inp, CFG_A)
+    names = sorted(p.name for p in folder.glob("*.jsonl"))
+    assert names == ["mc.jsonl", "multistep.jsonl", "qa.jsonl"]
+    qa = pd.read_json(folder / "qa.jsonl", lines=True)
+    assert len(qa) == 2 * 7 and all(re.search(r"-t2$", i) for i in qa.item_id)  # the unused training template
+    style = study_a.run_cell(track, study_a.Cell("style", "conv", 1, 1, style="pirate"), inp, CFG_A)
+    s = pd.read_json(style / "style.jsonl", lines=True)
+    assert len(s) == 20 and set(s.target_style) == {"pirate"} and s.identified.dtype == bool
+
+
+def test_attention_is_read_from_a_model_running_sdpa(tiny_dir, small_world):
+    model, tok = models.load(tiny_dir, attn_implementation="sdpa")
+    items = small_world.table("qa").query("template_split == 'train'").head(3)
+    att = mechanism.attention_to_subject(model, tok, items)
+    assert len(att) == 3 and att.subject_share.between(0, 1).all()
+    assert model.config._attn_implementation == "sdpa"  # switched back after the measurement
