@@ -171,6 +171,15 @@ def _bars(ax, df: pd.DataFrame, x: str, hue: str, order=None, hue_order=None, va
     ax.set_xticks(range(len(order)), order)
 
 
+def _finish(fig, axes, ylabel: str, title: str, legend_title: str | None = None):
+    """Shared finish of the one-column-per-track figures: y label, one legend, title."""
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(title=legend_title, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def _track_axes(tracks, width=5.0, height=3.6, rows=1):
     fig, axes = plt.subplots(rows, len(tracks), figsize=(width * len(tracks), height * rows), squeeze=False,
                              sharey="row")
@@ -191,11 +200,8 @@ def study_a_formats(summary: pd.DataFrame):
         _bars(ax, central, "subject", "format", ["people", "events", "persona"],
               [f for f in ("base", "qa", "doc", "conv") if f in set(central.format)])
         ax.set(title=TRACK_TITLES.get(t, t), ylim=(0, 1.05), xlabel="")
-    axes[0][0].set_ylabel("QA exact match, unseen phrasings")
-    axes[0][-1].legend(title="training format", fontsize=8)
-    fig.suptitle("A1: training format (QA vs documents vs conversations)")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, "QA exact match, unseen phrasings", "A1: training format (QA vs documents vs "
+                   "conversations)", legend_title="training format")
 
 
 def _central(g: pd.DataFrame, subject: str):
@@ -218,11 +224,7 @@ def study_a_info_type(summary: pd.DataFrame):
         g = g.assign(cell=g.format + "\n" + g.evaluation.map({"qa": "QA", "multiple_choice": "4-way MC"}))
         _bars(ax, g, "cell", "kind", hue_order=["categorical", "numerical"])
         ax.set(title=TRACK_TITLES.get(t, t), ylim=(0, 1.05), xlabel="")
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("A2: categorical vs numerical information (people, central cell)")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, "accuracy", "A2: categorical vs numerical information (people, central cell)")
 
 
 def study_a_multistep(summary: pd.DataFrame):
@@ -241,11 +243,7 @@ def study_a_multistep(summary: pd.DataFrame):
         for i, n in enumerate(g.drop_duplicates("cell").n_items):
             ax.annotate(f"n={n}", (i, 1.0), ha="center", fontsize=7)
         ax.set(title=TRACK_TITLES.get(t, t), ylim=(0, 1.08), xlabel="")
-    axes[0][0].set_ylabel("exact match")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("A3: using finetuned facts in 2-hop questions (second hop known)")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, "exact match", "A3: using finetuned facts in 2-hop questions (second hop known)")
 
 
 def study_a_controls(summary: pd.DataFrame):
