@@ -23,6 +23,7 @@ import math
 import pandas as pd
 
 from . import paths
+from .provenance import save_table
 
 CLAIMS = {
     "A1": "QA-format training data generalizes knowledge much better than documents carrying the same facts",
@@ -111,7 +112,7 @@ def write(table: pd.DataFrame, profile: str) -> pd.DataFrame:
         raise ValueError(f"findings table lacks columns {missing}")
     table = table[COLUMNS].sort_values(["claim", "track"], key=lambda s: s.map(str)).reset_index(drop=True)
     out = paths.results_dir(profile)
-    table.to_csv(out / "findings.csv", index=False)
+    save_table(table, out / "findings.csv", profile=profile, made_from=["study_a_claims.csv", "study_b_claims.csv"])
     (out / "findings.md").write_text(markdown(table))
     return table
 
