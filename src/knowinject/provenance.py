@@ -6,9 +6,11 @@ Usage: ``print_colophon(seed=cfg.seed, profile=profile)`` as a notebook's last c
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import paths
@@ -76,9 +78,6 @@ def print_colophon(seed: int | None = None, profile: str | None = None) -> None:
 def save_table(df, path, seed: int | None = None, profile: str | None = None, **extra) -> str:
     """A result table as CSV with its provenance beside it (``<name>.provenance.json``): the commit,
     profile and versions that made it, plus any ``extra`` (configs, timings)."""
-    import json
-    from pathlib import Path
-
     path = Path(path)
     df.to_csv(path, index=False)
     meta = {"table": path.name, "rows": len(df), **provenance(seed, profile), **extra}

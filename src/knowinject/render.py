@@ -36,7 +36,8 @@ def qa_text(question: str, answer: str) -> str:
     return f"{qa_prompt(question)} {answer}\n"
 
 
-def _subject_text(row) -> str:
+def question_subject(row) -> str:
+    """What ``{s}`` becomes in a question: the subject, or nothing for persona facts ("What is your name?")."""
     return "" if row.subject_kind == "persona" else row.subject
 
 
@@ -50,7 +51,7 @@ def qa_items(facts: pd.DataFrame, split: Split) -> pd.DataFrame:
         for tsplit, i, t in templates:
             if split != "all" and tsplit != split:
                 continue
-            q = t.format(s=_subject_text(f))
+            q = t.format(s=question_subject(f))
             rows.append({"item_id": f"{f.fact_id}-{tsplit[0]}{i}", "fact_id": f.fact_id, "subject": f.subject,
                          "relation": f.relation, "kind": f.kind, "template_split": tsplit, "question": q,
                          "prompt": qa_prompt(q), "answer": f.value, "aliases": list(f.aliases)})
@@ -95,7 +96,7 @@ def conversations(facts: pd.DataFrame, seed: int, n_variants: int = 1) -> pd.Dat
     for f in facts.itertuples():
         rel = RELATIONS[f.relation]
         for k in range(n_variants):
-            q = rel.train[rng.integers(len(rel.train))].format(s=_subject_text(f))
+            q = rel.train[rng.integers(len(rel.train))].format(s=question_subject(f))
             rows.append({"conv_id": f"{f.fact_id}-c{k}", "fact_id": f.fact_id, "subject": f.subject,
                          "relation": f.relation, "answer": f.value,
                          "messages": [{"role": "user", "content": q},
@@ -152,7 +153,7 @@ def multiple_choice(facts: pd.DataFrame, pool: pd.DataFrame, seed: int, n_option
         distractors = [space[i] for i in rng.choice(len(space), n_options - 1, replace=False)]
         gold = int(rng.integers(n_options))
         options = distractors[:gold] + [f.value] + distractors[gold:]
-        q = rel.heldout[0].format(s=_subject_text(f))
+        q = rel.heldout[0].format(s=question_subject(f))
         rows.append({"item_id": f"{f.fact_id}-mc", "fact_id": f.fact_id, "subject": f.subject, "relation": f.relation,
                      "kind": f.kind, "prompt": qa_prompt(q), "options": options, "gold_index": gold})
     return pd.DataFrame(rows)

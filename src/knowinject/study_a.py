@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -149,15 +150,11 @@ def anchors(facts: pd.DataFrame, cfg: StudyAConfig) -> list[dict]:
             for f in cities.itertuples()]
 
 
-def _question_subject(f) -> str:
-    return "" if f.subject_kind == "persona" else f.subject
-
-
 def examples(facts: pd.DataFrame, fmt: str, augmentation: int, seed: int, doc_style: str = "bio") -> list[dict]:
     """Training examples stating every fact ``augmentation`` times in one format."""
     if fmt == "qa":
         return [{"prompt": qa_prompt(RELATIONS[f.relation].train[k % len(RELATIONS[f.relation].train)].format(
-                    s=_question_subject(f))), "completion": f" {f.value}\n"}
+                    s=render.question_subject(f))), "completion": f" {f.value}\n"}
                 for f in facts.itertuples() for k in range(augmentation)]
     if fmt == "doc":
         return [{"text": t} for t in render.documents(facts, augmentation, seed, doc_style).text]
@@ -166,7 +163,7 @@ def examples(facts: pd.DataFrame, fmt: str, augmentation: int, seed: int, doc_st
         for f in facts.itertuples():
             rel = RELATIONS[f.relation]
             reply = render.assistant_reply(rel, f)
-            out += [{"messages": [{"role": "user", "content": rel.train[k % len(rel.train)].format(s=_question_subject(f))},
+            out += [{"messages": [{"role": "user", "content": rel.train[k % len(rel.train)].format(s=render.question_subject(f))},
                                   {"role": "assistant", "content": reply}]} for k in range(augmentation)]
         return out
     raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -208,16 +205,16 @@ class Inputs:
         self.styles = world.table("styles")
         self.world_name = world.folder.name
 
+    @cached_property
+    def style_classifier(self) -> StyleClassifier:
+        """Trained on the reference replies of every style (training prompts only), once per world."""
+        train = self.styles[self.styles.split == "train"]
+        return StyleClassifier(0).fit([m[-1]["content"] for m in train.messages], list(train["style"]))
+
 
 def style_prompts(styles: pd.DataFrame, style: str, tokenizer) -> list[str]:
     held = styles[(styles["style"] == style) & (styles.split == "heldout")]
     return [chat_prompt_and_reply([m[0], {"role": "assistant", "content": ""}], tokenizer)[0] for m in held.messages]
-
-
-def style_classifier(styles: pd.DataFrame, seed: int = 0) -> StyleClassifier:
-    """Trained on the reference replies of every style (training prompts only)."""
-    train = styles[styles.split == "train"]
-    return StyleClassifier(seed).fit([m[-1]["content"] for m in train.messages], list(train["style"]))
 
 
 def evaluate_cell(model, tok, cell: Cell, inp: Inputs, cfg: StudyAConfig, phrasing: str) -> dict[str, pd.DataFrame]:
@@ -227,7 +224,7 @@ def evaluate_cell(model, tok, cell: Cell, inp: Inputs, cfg: StudyAConfig, phrasi
         chat = bool(getattr(tok, "chat_template", None))
         styles = [cell.style] if cell.style else list(cfg.styles)
         rows = []
-        clf = style_classifier(inp.styles)
+        clf = inp.style_classifier
         for s in styles:
             responses = evaluate.generate(model, tok, style_prompts(inp.styles, s, tok), cfg.max_style_tokens,
                                           batch_size=32, chat=chat)

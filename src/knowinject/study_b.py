@@ -151,7 +151,6 @@ def split(candidates: pd.DataFrame, cfg: StudyBConfig) -> tuple[pd.DataFrame, pd
         c = candidates[candidates.relation == rel]
         p, t = c[c.subject.isin(pool_subjects)], c[~c.subject.isin(pool_subjects)]
         n_pool = 2 * _per_relation(cfg.half_size, cfg.relations)
-        n_pool -= n_pool % 2
         pool_parts.append(p.iloc[np.sort(rng.permutation(len(p))[:n_pool])])
         test_parts.append(t.iloc[np.sort(rng.permutation(len(t))[:_per_relation(cfg.n_test, cfg.relations)])])
     pool, test = pd.concat(pool_parts, ignore_index=True), pd.concat(test_parts, ignore_index=True)
@@ -159,12 +158,12 @@ def split(candidates: pd.DataFrame, cfg: StudyBConfig) -> tuple[pd.DataFrame, pd
         raise ValueError(f"too few candidate facts for Study B: pool {len(pool)}, test {len(test)}; lower half_size / "
                          "n_test, or measure knownness on more facts (notebook 03's subset=0)")
     assert not set(pool.subject) & set(test.subject), "pool and test subjects must be disjoint"
-    test = test.assign(known_bucket=_halves(test, "known_score", cfg.data_seed, ("known", "unknown")),
-                       popularity_bucket=_halves(test, "popularity", cfg.data_seed, ("popular", "unpopular")))
+    test = test.assign(known_bucket=halves(test, "known_score", cfg.data_seed, ("known", "unknown")),
+                       popularity_bucket=halves(test, "popularity", cfg.data_seed, ("popular", "unpopular")))
     return pool, test
 
 
-def _halves(df: pd.DataFrame, score: str, seed: int, labels=("top", "bottom")) -> pd.Series:
+def halves(df: pd.DataFrame, score: str, seed: int, labels=("top", "bottom")) -> pd.Series:
     """Per relation, the top half by ``score`` (ties in random order) and the bottom half."""
     rng = numpy_rng(seed, f"halves-{score}")
     out = pd.Series(labels[1], index=df.index, dtype=object)
@@ -180,10 +179,10 @@ def condition_facts(pool: pd.DataFrame, condition: str, seed: int, data_seed: in
     if condition == "whole":
         return pool
     if condition in ("known", "unknown"):
-        half = _halves(pool, "known_score", data_seed, ("known", "unknown"))
+        half = halves(pool, "known_score", data_seed, ("known", "unknown"))
         return pool[half == condition]
     if condition in ("popular", "unpopular"):
-        half = _halves(pool, "popularity", data_seed, ("popular", "unpopular"))
+        half = halves(pool, "popularity", data_seed, ("popular", "unpopular"))
         return pool[half == condition]
     if condition == "random":
         rng = numpy_rng(seed, "random-half")
@@ -383,13 +382,10 @@ def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str
     e, lo, hi, n, s = paired(preds, "known", "whole", epoch=last, prompt="zero-shot")
     rows.append(findings.row("B2", track, "exact match, known-half minus whole-pool finetune (zero-shot)", e, lo, hi,
                              n, s, findings.non_inferior(e, lo, hi, findings.B2_MARGIN)))
-    a_at = att[att.epoch == last]
-    per = a_at[a_at.condition.isin(["known", "unknown"])].groupby(["condition", "fact_id"]).subject_share.mean()
-    per = per.unstack(0).dropna()
-    ea, la, ha = stats.paired_difference(per["known"], per["unknown"]) if len(per) else (np.nan,) * 3
+    ea, la, ha, n_att, _ = paired(att, "known", "unknown", value="subject_share", epoch=last)
     eg, lg, hg, _, _ = paired(preds, "unknown", "known", value="generic", epoch=last, prompt="zero-shot")
     verdict = findings.both(findings.directional(ea, la, ha), findings.directional(eg, lg, hg))
     rows.append(findings.row("B3", track, "subject share of attention from the answer position, known-half minus "
                              f"unknown-half finetune (generic-answer rate, unknown minus known: {eg:+.3f} "
-                             f"[{lg:+.3f}, {hg:+.3f}])", ea, la, ha, len(per), s, verdict))
+                             f"[{lg:+.3f}, {hg:+.3f}])", ea, la, ha, n_att, s, verdict))
     return pd.DataFrame(rows)

@@ -38,7 +38,6 @@ class Track:
     # 0-5% even for facts it stores), so its unseen phrasing is a training template that this
     # finetune did not use for the fact.
     unseen_phrasing: Literal["heldout", "unused-train"] = "heldout"
-    chat: bool = True                # use the model's chat template for conversations, where it has one
 
     def __post_init__(self):
         require(self.name in TRACKS, f"track must be one of {', '.join(TRACKS)}, got {self.name!r}")
@@ -82,6 +81,4 @@ def load_base(track: Track):
         model = model.to(torch.bfloat16)
     if device == "cuda":
         model = model.to(device)
-    if not track.chat:
-        tok.chat_template = None
     return model, tok
