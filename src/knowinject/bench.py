@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import evaluate, geo, models, paths, render
+from . import finetune as finetune_module
 from .finetune import FinetuneConfig, collate, encode, finetune
 from .provenance import provenance
 
@@ -80,17 +82,21 @@ def qa_examples(n: int) -> list[dict]:
     return [{"prompt": r.prompt, "completion": f" {r.answer}\n"} for r in qa.itertuples()]
 
 
-def bench_ours(load, method, dtype, examples, batch_size, name):
+def bench_ours(load, method, dtype, examples, batch_size, name, kernels: bool = True):
+    """Our engine; ``kernels=False`` is the ablation: LoRA through peft's and Hugging Face's own forwards."""
     model, tok = load()
     cfg = FinetuneConfig(method=method, epochs=1, lr=1e-4, batch_size=batch_size, log_every=1,
                          precision="bf16" if dtype == "bf16" else "fp32")
-    trained, res = finetune(model, tok, examples, cfg, progress=False)
+    uses = finetune_module.uses_kernels
+    with mock.patch.object(finetune_module, "uses_kernels", lambda c: kernels and uses(c)):
+        trained, res = finetune(model, tok, examples, cfg, progress=False)
     log = res.log
     # Throughput after the warm-up steps; token counts from the log's running totals.
     t0, t1 = log.seconds.iloc[WARMUP_STEPS - 1], log.seconds.iloc[-1]
     tokens = log.tokens.iloc[-1] - log.tokens.iloc[WARMUP_STEPS - 1]
     share = res.loss_tokens / res.tokens
-    return {"model": name, "method": method, "implementation": "ours", "dtype": dtype,
+    impl = "ours" if kernels or not finetune_module.uses_kernels(cfg) else "ours-without-kernels"
+    return {"model": name, "method": method, "implementation": impl, "dtype": dtype,
             "tokens_per_s": tokens / (t1 - t0), "flops_per_token": flops_needed(trained, method, 1, share),
             "padding_waste": 1 - res.tokens / res.padded_tokens, "batch_size": batch_size, "steps": len(log)}
 
@@ -194,7 +200,11 @@ def run(quick: bool = False) -> pd.DataFrame:
     big_examples = qa_examples(big * (4 if quick else 8))
     rows.append(bench_ours(smol, "lora", "bf16", big_examples, big, "SmolLM2-135M"))
     print(rows[-1], flush=True)
+    rows.append(bench_ours(smol, "lora", "bf16", big_examples, big, "SmolLM2-135M", kernels=False))
+    print(rows[-1], flush=True)
     rows.append(bench_trainer(smol, "lora", big_examples, big, "SmolLM2-135M"))
+    print(rows[-1], flush=True)
+    rows.append(bench_ours(smol, "lora", "bf16", qa_examples(2 * big * (3 if quick else 6)), 2 * big, "SmolLM2-135M"))
     print(rows[-1], flush=True)
     rows += bench_eval("SmolLM2-135M", 128 if quick else 256)
     df = pd.DataFrame(rows)
@@ -221,6 +231,11 @@ def speedups(df: pd.DataFrame) -> pd.DataFrame:
         if len(base):
             out.append({"model": model, "what": f"{method} finetune, batch {bs}: ours ({ours['dtype']}) / Trainer fp32",
                         "speedup": ours.tokens_per_s / base.iloc[0], "ours_mfu": ours.mfu})
+    for (model, method, bs, dtype), g in df[df.tokens_per_s.notna()].groupby(["model", "method", "batch_size", "dtype"]):
+        impl = g.set_index("implementation").tokens_per_s
+        if "ours-without-kernels" in impl:
+            out.append({"model": model, "what": f"{method} finetune, batch {bs}, {dtype}: kernels / peft's forward",
+                        "speedup": impl["ours"] / impl["ours-without-kernels"]})
     for (model, method, dtype), g in df[df.items_per_s.notna()].groupby(["model", "method", "dtype"]):
         b = g.set_index("implementation").items_per_s
         out.append({"model": model, "what": f"{method} {dtype}: batched / one at a time",

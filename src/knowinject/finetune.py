@@ -7,8 +7,9 @@ loss on the last assistant turn only, formatted with the model's chat template w
 
 Why it is fast on a CPU (measured by ``make bench``): sequences are left-padded in length-grouped
 batches (little padding), the frozen base of a LoRA model is stored in bf16, matmuls run under bf16
-autocast where the hardware supports it, and the vocabulary projection is computed only for the
-positions that carry a loss, which for short QA answers is most of the saving.
+autocast where the hardware supports it, the vocabulary projection is computed only for the
+positions that carry a loss (for short QA answers most of the saving), and LoRA steps run their
+adapters and norms through fused kernels (:mod:`knowinject.kernels`).
 It runs unchanged under ``accelerate launch`` on several GPUs.
 
 Usage: ``result = finetune(model, tok, examples, FinetuneConfig(method="lora", epochs=3), out_dir)``.
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import require
+from .kernels import fused_training
 from .seeding import numpy_rng, seed_everything
 
 # peft's own default for Llama-style models (the LoRA paper's choice): adapters on the query and
@@ -225,6 +227,12 @@ def prepare(model, cfg: FinetuneConfig, precision: str):
     return get_peft_model(model, lora)
 
 
+def uses_kernels(cfg: FinetuneConfig) -> bool:
+    """LoRA trains through :mod:`knowinject.kernels` (measured faster on a CPU by ``make bench``); full
+    finetuning, whose cost is the weight gradients, through the model's own modules."""
+    return cfg.method == "lora"
+
+
 def _schedule(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -281,30 +289,33 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
                mininterval=2.0)
     for epoch in range(n_epochs):
         sum_loss, sum_n = 0.0, 0
-        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-            if step >= total:
-                break
-            batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
-            n_loss = int((batch["labels"][:, 1:] != -100).sum())
-            batch = {k: batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "position_ids", "labels")}
-            with autocast:
-                loss = wrapped(**batch)
-            accelerator.backward(loss)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            sum_loss += value * n_loss
-            sum_n += n_loss
-            tokens += int(batch["attention_mask"].sum())
-            padded += batch["input_ids"].numel()
-            loss_tokens += n_loss
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
-                log.append({"step": step, "epoch": epoch + 1, "loss": value, "lr": sched.get_last_lr()[0],
-                            "tokens": tokens, "seconds": time.perf_counter() - start})
-                bar.set_postfix(loss=f"{value:.3f}")
+        # LoRA steps run through the fused kernels; they are swapped out again for the checkpoint
+        # evaluation below, so a checkpoint is evaluated exactly like a finished run.
+        with fused_training(model, enabled=uses_kernels(cfg)):
+            for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+                if step >= total:
+                    break
+                batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
+                n_loss = int((batch["labels"][:, 1:] != -100).sum())
+                batch = {k: batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "position_ids", "labels")}
+                with autocast:
+                    loss = wrapped(**batch)
+                accelerator.backward(loss)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                value = float(loss.detach())
+                sum_loss += value * n_loss
+                sum_n += n_loss
+                tokens += int(batch["attention_mask"].sum())
+                padded += batch["input_ids"].numel()
+                loss_tokens += n_loss
+                step += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total:
+                    log.append({"step": step, "epoch": epoch + 1, "loss": value, "lr": sched.get_last_lr()[0],
+                                "tokens": tokens, "seconds": time.perf_counter() - start})
+                    bar.set_postfix(loss=f"{value:.3f}")
         epoch_loss.append(sum_loss / max(sum_n, 1))
         if on_epoch_end is not None and step == (epoch + 1) * per_epoch:
             _call_at_checkpoint(on_epoch_end, epoch + 1, accelerator.unwrap_model(wrapped).model)

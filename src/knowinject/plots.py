@@ -99,7 +99,7 @@ def bench(df: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
     models_ = list(dict.fromkeys(train.model))
     colors = [PALETTE[models_.index(m)] for m in train.model]
-    labels = [f"{m.split('-')[0]} b{r.batch_size}\n{r.method} {r.dtype}\n{r.implementation}"
+    labels = [f"{m.split('-')[0]} b{r.batch_size}\n{r.method} {r.dtype}\n{r.implementation.replace('-without-', ' w/o ')}"
               for m, r in zip(train.model, train.itertuples())]
     bars = axes[0].bar(range(len(train)), train.tokens_per_s, color=colors)
     axes[0].bar_label(bars, labels=[f"{m:.0%}" for m in train.mfu], fontsize=7, padding=2)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from . import models
+from . import kernels, models
 from .config import build, require, stage_params
 from .finetune import FinetuneConfig, resolve_precision
 from .worldfiles import WorldFiles
@@ -53,7 +53,8 @@ class Track:
         path = Path(self.model)
         return {"track": self.name, "model": path.name if path.is_dir() else self.model, "method": self.method,
                 "lr": self.lr, "batch_size": self.batch_size, "precision": self.precision, "lora_r": self.lora_r,
-                "unseen_phrasing": self.unseen_phrasing}
+                "unseen_phrasing": self.unseen_phrasing,
+                **({"kernels": kernels.VERSION} if self.method == "lora" else {})}
 
 
 def tiny_model_dir(world: WorldFiles, profile: str) -> Path:
