@@ -26,7 +26,7 @@ import torch
 from . import evaluate, geo, models, paths, render
 from . import finetune as finetune_module
 from .finetune import FinetuneConfig, collate, encode, finetune
-from .provenance import provenance
+from .provenance import provenance, save_table
 
 WARMUP_STEPS = 2
 
@@ -222,6 +222,67 @@ def run(quick: bool = False) -> pd.DataFrame:
     return df
 
 
+MATMUL_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::addbmm")
+
+
+def profile_step(batch_size: int = 64, steps: int = 3, kernels: bool = True) -> pd.DataFrame:
+    """Where a SmolLM2 LoRA bf16 training step spends its time: torch.profiler's self CPU time per
+    operator, summed into matmuls, other tensor operators (norms, activations, casts, copies,
+    softmax: passes over memory) and time outside any operator (Python, autograd, the optimizer's
+    bookkeeping), per step. The profiler slows every operator a little, so shares, not seconds, are
+    the result; ``matmul_gflops`` is the FLOPs the method needs divided by the matmuls' time alone
+    (the MFU ceiling if everything else were free)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .finetune import loss_module, prepare
+    from .kernels import fused_training
+
+    model, tok = models.load(models.SMOLLM2)
+    cfg = FinetuneConfig(method="lora", batch_size=batch_size, precision="bf16")
+    model = prepare(model, cfg, "bf16").train()
+    model.config.use_cache = False
+    step_loss = loss_module(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    encoded = [encode(e, tok, 256) for e in qa_examples(batch_size * (steps + 2))]
+    batches = [collate(encoded[i:i + batch_size], tok.pad_token_id) for i in range(0, len(encoded), batch_size)]
+
+    def step(b):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = step_loss(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with fused_training(model, enabled=kernels):
+        for b in batches[:2]:
+            step(b)
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for b in batches[2:]:
+                step(b)
+        wall = (time.perf_counter() - start) / steps
+    ops = pd.DataFrame([{"op": e.key, "self_s": e.self_cpu_time_total / 1e6 / steps, "calls": e.count / steps}
+                        for e in prof.key_averages() if e.key.startswith("aten::")])
+    ops["category"] = np.where(ops.op.isin(MATMUL_OPS), "matmul", "other tensor operators")
+    rows = [{"category": c, "op": "(all)", "seconds_per_step": g.self_s.sum(), "calls_per_step": g.calls.sum()}
+            for c, g in ops.groupby("category")]
+    rows.append({"category": "outside operators", "op": "(Python, autograd, optimizer)",
+                 "seconds_per_step": wall - ops.self_s.sum(), "calls_per_step": np.nan})
+    top = ops.sort_values("self_s", ascending=False).head(12)
+    rows += [{"category": r.category, "op": r.op, "seconds_per_step": r.self_s, "calls_per_step": r.calls}
+             for r in top.itertuples()]
+    df = pd.DataFrame(rows)
+    df["share_of_step"] = df.seconds_per_step / wall
+    tokens = np.mean([int(b["attention_mask"].sum()) for b in batches[2:]])
+    share = np.mean([int((b["labels"][:, 1:] != -100).sum()) / int(b["attention_mask"].sum()) for b in batches[2:]])
+    flops = flops_needed(model, "lora", tokens, share * tokens)
+    df["step_seconds_profiled"] = wall
+    df["matmul_gflops"] = flops / ops[ops.category == "matmul"].self_s.sum() / 1e9
+    df["batch_size"], df["tokens_per_step"], df["kernels"] = batch_size, tokens, kernels
+    df["machine"] = machine()
+    return df
+
+
 def speedups(df: pd.DataFrame) -> pd.DataFrame:
     """Our best dtype against Trainer fp32, per model and method; batched against single evaluation."""
     out = []
@@ -247,8 +308,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="training and evaluation throughput benchmark")
     ap.add_argument("--quick", action="store_true", help="fewer steps (a check, not a measurement)")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure and speed-ups from bench.csv")
+    ap.add_argument("--profile-only", action="store_true", help="only the profile of a LoRA step (bench_profile.csv)")
     args = ap.parse_args(argv)
     out = paths.results_dir("default") / "bench.csv"
+    if not args.replot:
+        prof = pd.concat([profile_step(kernels=k) for k in (True, False)], ignore_index=True)
+        save_table(prof, paths.results_dir("default") / "bench_profile.csv")
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(prof[prof.op.str.startswith("(")].round(3).to_string())
+        if args.profile_only:
+            return 0
     if args.replot:
         df = pd.read_csv(out)
     else:
