@@ -6,7 +6,7 @@ configuration on the same QA data. Tokens are real tokens (padding is waste, not
 FLOPs are those the method needs: per token, 6x (full) or 4x (LoRA: forward plus activation
 gradients) the non-embedding parameters, plus the same factor times the vocabulary projection for the
 tokens that carry a loss only (the answer tokens); attention's sequence-length term is ignored
-(sequences are ~25 tokens). MFU = achieved FLOP/s / measured bf16 peak (``mfu``) and / the peak
+(sequences are ~16 tokens). MFU = achieved FLOP/s / measured bf16 peak (``mfu``) and / the peak
 of the run's own dtype (``mfu_own_dtype``).
 
 Usage: ``python -m knowinject.bench [--quick]`` -> ``data/results/bench.csv``, ``figures/bench.{png,pdf}``.
