@@ -1,9 +1,9 @@
 """Training kernels for small decoders on a CPU: a fused LoRA linear layer and RMSNorm, swapped into a
 model for the duration of finetuning by :func:`fused_training`.
 
-Why: a 576-wide model on a CPU with AMX spends most of a training step outside its matmuls (measured
-by ``make bench``: the matmuls of a SmolLM2 LoRA step run near the bf16 peak, the step at a sixth of
-it). Every element-wise pass over the activations costs about as much as a projection, so the
+Why: a 576-wide model on a CPU with AMX spends most of a training step outside its matmuls (the
+profile ``make bench`` writes to ``bench_profile.csv``: matmuls are about a third of a SmolLM2 LoRA
+step). Every element-wise pass over the activations costs about as much as a projection, so the
 kernels here do the same arithmetic in fewer passes:
 
 - **LoRA linear.** peft computes ``base(x) + B(A(dropout(x))) * scaling`` by casting ``x`` to the
