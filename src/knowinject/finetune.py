@@ -229,7 +229,7 @@ def prepare(model, cfg: FinetuneConfig, precision: str):
 
 def uses_kernels(cfg: FinetuneConfig) -> bool:
     """LoRA trains through :mod:`knowinject.kernels` (measured faster on a CPU by ``make bench``); full
-    finetuning, whose cost is the weight gradients, through the model's own modules."""
+    finetuning through the model's own modules: the kernels were measured for LoRA only."""
     return cfg.method == "lora"
 
 
