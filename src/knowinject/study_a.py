@@ -268,7 +268,7 @@ def run_cell(track, cell: Cell, inp: Inputs, cfg: StudyAConfig, profile: str | N
     def compute(tmp: Path) -> None:
         model, tok = load_base(track)
         if cell.format != "base":
-            data = training_examples(cell, inp, cfg, tok)
+            data = training_examples(cell, inp, cfg)
             model, result = finetune(model, tok, data, track.finetune_config(cfg.epochs, cell.seed, max_length=384),
                                      progress=False)
             result.log.to_csv(tmp / "loss_log.csv", index=False)
@@ -279,7 +279,7 @@ def run_cell(track, cell: Cell, inp: Inputs, cfg: StudyAConfig, profile: str | N
     return cached_run(paths.RUNS, f"study-a-{track.name}-{cell.slug}", key, compute, seed=cell.seed, profile=profile)
 
 
-def training_examples(cell: Cell, inp: Inputs, cfg: StudyAConfig, tok=None) -> list[dict]:
+def training_examples(cell: Cell, inp: Inputs, cfg: StudyAConfig) -> list[dict]:
     if cell.subject == "style":
         train = inp.styles[(inp.styles["style"] == cell.style) & (inp.styles.split == "train")]
         pick = numpy_rng(cfg.data_seed, f"study-a-style-{cell.style}").permutation(len(train))[:cfg.n_style_examples]

@@ -18,7 +18,7 @@ import torch
 
 from . import kernels, models
 from .config import build, require, stage_params
-from .finetune import FinetuneConfig, resolve_precision
+from .finetune import FinetuneConfig, resolve_precision, uses_kernels
 from .worldfiles import WorldFiles
 
 TRACKS = ("smollm2", "tiny")
@@ -49,12 +49,13 @@ class Track:
 
     @property
     def key(self) -> dict:
-        """What identifies the base model in a run's hash: a folder by its name, a hub id as itself."""
+        """What identifies the base model in a run's hash: a folder by its name, a hub id as itself; runs
+        trained through the kernels carry their version (the same rule ``finetune`` applies)."""
         path = Path(self.model)
         return {"track": self.name, "model": path.name if path.is_dir() else self.model, "method": self.method,
                 "lr": self.lr, "batch_size": self.batch_size, "precision": self.precision, "lora_r": self.lora_r,
                 "unseen_phrasing": self.unseen_phrasing,
-                **({"kernels": kernels.VERSION} if self.method == "lora" else {})}
+                **({"kernels": kernels.VERSION} if uses_kernels(self.finetune_config(1, 0)) else {})}
 
 
 def tiny_model_dir(world: WorldFiles, profile: str) -> Path:
