@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -141,3 +142,45 @@ def test_logprobs_of_the_last_tokens_only_match_the_full_computation(tiny):
         full = evaluate.token_logprobs(model, b["input_ids"], b["attention_mask"])
         last = evaluate.token_logprobs(model, b["input_ids"], b["attention_mask"], last=4)
     assert torch.allclose(full[:, -4:], last, atol=1e-5)
+
+
+def _lora_llama(vocab_size: int):
+    """A grouped-query Llama wrapped in LoRA (random B, so the adapters count): the SmolLM2 path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from knowinject.finetune import prepare
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = prepare(LlamaForCausalLM(cfg), FinetuneConfig(method="lora", lora_r=4, lora_alpha=8), "fp32")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama-gqa-lora"])
+def test_options_from_a_shared_prompt_score_like_separate_pairs(tiny, arch):
+    """Multiple choice runs each question once and its options from the question's cache; every
+    option's log-probability must equal the one its own (question, option) sequence gets."""
+    model, tok = tiny
+    if arch != "gpt2":
+        model = _lora_llama(len(tok))
+    people = ["Alric Ashdown", "Brisa Orlov", "Cato Vell", "Dara Quist", "Emrys Tal", "Fenna Ro", "Gil Amari", "Hale"]
+    prompts = [f"Q: Where was {p} born?\nA:" if i % 2 else f"Q: {p}?\nA:" for i, p in enumerate(people)]
+    options = [["Lagos", "New Lagos City", "181", "a pilot born in 1955"][: 2 + i % 3] + ["born"] * (i % 2)
+               for i in range(len(prompts))]
+    lengths = {len(tok(f" {o}", add_special_tokens=False).input_ids) for opts in options for o in opts}
+    assert 1 in lengths and max(lengths) >= 4  # one-token options (no forward) and padded groups both occur
+    pairs = evaluate.continuation_logprobs(model, tok, [p for p, o in zip(prompts, options) for _ in o],
+                                           [f" {x}" for o in options for x in o], batch_size=32)
+    for bs in (1, 3, 8):
+        shared = evaluate.option_logprobs(model, tok, prompts, options, batch_size=bs)
+        assert [len(s) for s in shared] == [len(o) for o in options]
+        assert torch.allclose(torch.tensor(np.concatenate(shared)), torch.tensor(pairs), atol=1e-4), bs
+    items = pd.DataFrame({"prompt": prompts, "options": options, "gold_index": [i % 2 for i in range(len(prompts))]})
+    a = evaluate.score_multiple_choice(model, tok, items, batch_size=4)
+    b = evaluate.score_multiple_choice(model, tok, items, batch_size=4, shared_prompt=False)
+    assert a[["acc", "acc_norm"]].equals(b[["acc", "acc_norm"]])

@@ -108,9 +108,11 @@ def bench(df: pd.DataFrame):
     for i, m in enumerate(models_):
         axes[0].bar([0], [0], color=PALETTE[i], label=m)
     axes[0].legend(fontsize=8)
-    ev_colors = [PALETTE[2] if i == "batched" else PALETTE[3] for i in ev.implementation]
-    ev_labels = [f"{'generate' if 'generate' in r.method else 'choice'}\n{r.dtype}\n"
-                 f"{'batched' if r.implementation == 'batched' else 'single'}" for r in ev.itertuples()]
+    short = {"batched": "batched", "batched-pairs": "batched\npairs", "one-question-at-a-time": "single\nquestion",
+             "one-at-a-time": "single"}
+    ev_colors = [PALETTE[2] if i.startswith("batched") else PALETTE[3] for i in ev.implementation]
+    ev_labels = [f"{'generate' if 'generate' in r.method else 'choice'}\n{r.dtype}\n{short.get(r.implementation, r.implementation)}"
+                 for r in ev.itertuples()]
     axes[1].bar(range(len(ev)), ev.items_per_s, color=ev_colors)
     axes[1].set_xticks(range(len(ev)), ev_labels, fontsize=6.5)
     axes[1].set(yscale="log", ylabel="items / s (log)", title=f"Evaluation ({ev.model.iloc[0] if len(ev) else ''})")

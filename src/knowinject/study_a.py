@@ -263,7 +263,8 @@ def run_cell(track, cell: Cell, inp: Inputs, cfg: StudyAConfig, profile: str | N
     key = {"study": "A", "track": track.key, "world": inp.world_name, "cell": asdict(cell), "epochs": cfg.epochs,
            "augmentations_max": max(cfg.augmentations), "n_helpers": cfg.n_helpers, "n_anchor": cfg.n_anchor,
            "data_seed": cfg.data_seed, "n_events": cfg.n_events, "n_style_examples": cfg.n_style_examples,
-           "max_style_tokens": cfg.max_style_tokens, "eval": "v1"}
+           # v2: multiple choice scores options from the question's key/value cache (other roundings in bf16)
+           "max_style_tokens": cfg.max_style_tokens, "eval": "v2"}
 
     def compute(tmp: Path) -> None:
         model, tok = load_base(track)
