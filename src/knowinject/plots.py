@@ -96,11 +96,13 @@ def bench(df: pd.DataFrame):
     """Training tokens/s (labelled with MFU against the measured bf16 peak) and evaluation items/s."""
     train = df[df.tokens_per_s.notna()].reset_index(drop=True)
     ev = df[df.items_per_s.notna()].reset_index(drop=True)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw={"width_ratios": [1.5, 1]})
     models_ = list(dict.fromkeys(train.model))
     colors = [PALETTE[models_.index(m)] for m in train.model]
-    labels = [f"{m.split('-')[0]} b{r.batch_size}\n{r.method} {r.dtype}\n{r.implementation.replace('-without-', ' w/o ')}"
-              for m, r in zip(train.model, train.itertuples())]
+    impl = {"ours": "ours", "trainer-default": "Trainer", "ours-without-kernels": "ours w/o\nkernels"}
+    # The model is the bar's colour (legend), so a tick label only says what differs within a model.
+    labels = [f"b{r.batch_size}\n{r.method}\n{r.dtype}\n{impl.get(r.implementation, r.implementation)}"
+              for r in train.itertuples()]
     bars = axes[0].bar(range(len(train)), train.tokens_per_s, color=colors)
     axes[0].bar_label(bars, labels=[f"{m:.0%}" for m in train.mfu], fontsize=7, padding=2)
     axes[0].set_xticks(range(len(train)), labels, fontsize=6.5)
@@ -108,10 +110,10 @@ def bench(df: pd.DataFrame):
     for i, m in enumerate(models_):
         axes[0].bar([0], [0], color=PALETTE[i], label=m)
     axes[0].legend(fontsize=8)
-    short = {"batched": "batched", "batched-pairs": "batched\npairs", "one-question-at-a-time": "single\nquestion",
-             "one-at-a-time": "single"}
+    short = {"batched": "batch", "batched-pairs": "batch\npairs", "one-question-at-a-time": "one\nquestion",
+             "one-at-a-time": "one"}
     ev_colors = [PALETTE[2] if i.startswith("batched") else PALETTE[3] for i in ev.implementation]
-    ev_labels = [f"{'generate' if 'generate' in r.method else 'choice'}\n{r.dtype}\n{short.get(r.implementation, r.implementation)}"
+    ev_labels = [f"{'gen' if 'generate' in r.method else 'MC'}\n{r.dtype}\n{short.get(r.implementation, r.implementation)}"
                  for r in ev.itertuples()]
     axes[1].bar(range(len(ev)), ev.items_per_s, color=ev_colors)
     axes[1].set_xticks(range(len(ev)), ev_labels, fontsize=6.5)
