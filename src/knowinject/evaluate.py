@@ -113,31 +113,27 @@ def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: l
     return out
 
 
+def _decoder_logits(parts, input_ids, attention_mask, position_ids, cache, positions):
+    """Logits at ``positions`` (an index over [B, T]: slices or a boolean mask) of a forward that
+    extends ``cache`` (none: no cache). Where the model allows it (``parts.direct``), the vocabulary
+    projection runs on those positions only."""
+    kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+          "past_key_values": cache, "use_cache": cache is not None}
+    if parts.direct:
+        h = parts.base.get_decoder()(**kw).last_hidden_state
+        return parts.base.get_output_embeddings()(h[positions].contiguous())
+    return parts.model(**kw).logits[positions]
+
+
 def token_logprobs(model, input_ids, attention_mask, last: int | None = None):
     """log p(token t | tokens < t) for t = 1..T-1, shape [B, T-1] (fp32); with ``last``, only for the
     final ``last`` tokens, shape [B, last]."""
     last = input_ids.shape[1] - 1 if last is None else min(last, input_ids.shape[1] - 1)
     targets = input_ids[:, -last:]
-    position_ids = _position_ids(attention_mask)
-    parts = CausalLMLoss(model)
-    if parts.direct:
-        h = parts.hidden_states(input_ids, attention_mask, position_ids)
-        logits = parts.base.get_output_embeddings()(h[:, -last - 1:-1].contiguous())
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).logits[:, -last - 1:-1]
+    logits = _decoder_logits(CausalLMLoss(model), input_ids, attention_mask, _position_ids(attention_mask), None,
+                             (slice(None), slice(-last - 1, -1)))
     logp = F.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, targets[..., None]).squeeze(-1)
-
-
-def _decoder_logits(parts, input_ids, attention_mask, position_ids, cache, positions):
-    """Logits at ``positions`` (a slice, or a boolean mask over [B, T]) of a forward that extends ``cache``."""
-    if parts.direct:
-        h = parts.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                     past_key_values=cache, use_cache=True).last_hidden_state
-        return parts.base.get_output_embeddings()(h[positions].contiguous())
-    return parts.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=cache, use_cache=True).logits[positions]
 
 
 def _width_groups(rows, min_rows: int = 16):
@@ -178,13 +174,14 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
         cache = DynamicCache(config=parts.base.config)
         first = F.log_softmax(_decoder_logits(parts, ids, mask, _position_ids(mask), cache,
                                               (slice(None), -1)).float(), dim=-1)  # [prompts, vocab]
-        rows = [(q, j, c) for q, i in enumerate(idx) for j, c in enumerate(conts[i])]
-        lp = {(q, j): float(first[q, c[0]]) for q, j, c in rows}
+        # One row per (question, option), in question order; scores summed in float64.
+        rows = [(q, c) for q, i in enumerate(idx) for c in conts[i]]
+        lp = first[[q for q, _ in rows], [c[0] for _, c in rows]].double()
         prompt_len = mask.sum(1)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        for group in _width_groups([r for r in rows if len(r[2]) > 1]):
+        for group in _width_groups([(r, q, c) for r, (q, c) in enumerate(rows) if len(c) > 1]):
             width = max(len(c) for _, _, c in group)
-            sel = torch.tensor([q for q, _, _ in group], device=device)
+            sel = torch.tensor([q for _, q, _ in group], device=device)
             branch = DynamicCache(config=parts.base.config)
             for layer, (k, v) in enumerate(kv):
                 branch.update(k.index_select(0, sel), v.index_select(0, sel), layer)
@@ -197,10 +194,9 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
                                      branch, real)
             tok_lp = F.log_softmax(logits.float(), dim=-1).gather(-1, oids[:, 1:][real][:, None]).squeeze(-1)
             sums = torch.zeros(len(group), device=device).index_add_(0, real.nonzero()[:, 0], tok_lp)
-            for r, (q, j, _) in enumerate(group):
-                lp[(q, j)] += float(sums[r])
-        for q, i in enumerate(idx):
-            out[i] = np.array([lp[(q, j)] for j in range(len(conts[i]))])
+            lp[[r for r, _, _ in group]] += sums.double()
+        for i, scores in zip(idx, np.split(lp.cpu().numpy(), np.cumsum([len(conts[i]) for i in idx])[:-1])):
+            out[i] = scores
     return out
 
 
