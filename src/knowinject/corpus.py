@@ -4,12 +4,16 @@ The corpus holds bios of the known people, each repeated by its Zipf exposure (e
 fresh paraphrase with shuffled sentences), documents about organisations and cities, and QA pairs
 (training templates only) about a subset of known people and about the world, so the base model
 learns to answer questions from what it stored. New people, events and personas never appear.
-The tokenizer is a byte-level BPE trained on the corpus, with digits split one per token, as in
-SmolLM2 and Llama tokenizers. Usage: ``texts = corpus.pretraining_texts(facts, cfg)``.
+The tokenizer is a byte-level BPE with digits split one per token, as in SmolLM2 and Llama
+tokenizers, trained on all of the world's text: the corpus and every rendering that finetuning or
+evaluation uses later (new people, events, personas, styles), so a finetune never has to learn a
+new name from byte fragments. Only vocabulary comes from those texts; their facts never enter the
+corpus. Usage: ``texts = corpus.pretraining_texts(facts, cfg)``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from . import render
@@ -29,10 +33,9 @@ def pretraining_texts(facts: pd.DataFrame, seed: int, qa_fraction: float) -> lis
     for table in (known, world):
         exposure = table.groupby("subject", sort=False).exposure.first().to_dict()
         texts += list(render.documents(table, n_paraphrases=exposure, seed=seed, style="bio").text)
-    # QA about a random subset of known people (all their facts), and about every world entity.
-    people = known.subject.unique()
-    qa_people = set(people[rng.permutation(len(people))[: round(qa_fraction * len(people))]])
-    qa_facts = pd.concat([known[known.subject.isin(qa_people)], world])
+    # QA (training templates) about a subset of known people (all their facts), and about every
+    # world entity: mixed training, which makes the other people's bios extractable by QA.
+    qa_facts = pd.concat([known[known.subject.isin(qa_people(facts, seed, qa_fraction))], world])
     qa = render.qa_items(qa_facts, "train")
     texts += [render.qa_text(r.question, r.answer) for r in qa.itertuples()]
     order = rng.permutation(len(texts))
@@ -40,10 +43,34 @@ def pretraining_texts(facts: pd.DataFrame, seed: int, qa_fraction: float) -> lis
 
 
 def qa_people(facts: pd.DataFrame, seed: int, qa_fraction: float) -> set[str]:
-    """The known people whose QA pairs are in the pretraining corpus (same draw as ``pretraining_texts``)."""
-    rng = numpy_rng(seed, "corpus")
-    people = facts.loc[facts.group == "known", "subject"].unique()
-    return set(people[rng.permutation(len(people))[: round(qa_fraction * len(people))]])
+    """The known people whose QA pairs are in the pretraining corpus: a ``qa_fraction`` share of every
+    stretch of the exposure scale (systematic sampling down the people sorted by exposure, ties in
+    random order), so people with and without QA in pretraining have the same exposure distribution."""
+    rng = numpy_rng(seed, "corpus-qa-people")
+    people = facts[facts.group == "known"].groupby("subject", sort=True).exposure.first()
+    jitter = rng.random(len(people))
+    order = people.index[np.lexsort((jitter, -people.to_numpy()))]
+    # Person i is chosen when the running count (i + offset) * qa_fraction passes an integer.
+    at = np.arange(len(order) + 1) + rng.random()
+    chosen = np.diff(np.floor(at * qa_fraction)) > 0
+    return set(order[chosen])
+
+
+def tokenizer_texts(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Every text of a world's tables, for training its tokenizer (merges only; nothing is trained on
+    them as a language model)."""
+    texts = list(tables["corpus"].text)
+    if "documents" in tables:
+        texts += list(tables["documents"].text)
+    for name in ("qa", "qa_realworld", "multistep"):
+        if name in tables:
+            texts += [render.qa_text(q, a) for q, a in zip(tables[name].question, tables[name].answer)]
+    for name in ("conversations", "styles"):
+        if name in tables:
+            texts += [m["content"] for msgs in tables[name].messages for m in msgs]
+    if "multiple_choice" in tables:
+        texts += [" ".join(o) for o in tables["multiple_choice"].options]
+    return texts
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

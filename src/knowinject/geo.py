@@ -65,9 +65,10 @@ def _countries(min_population: int = 0):
     return sorted(rows, key=lambda c: (-c["population"], c["iso"]))
 
 
-def world_cities(n: int) -> list[tuple[str, str]]:
-    """The largest city of each of the ``n`` most populous countries: well known, one per country."""
-    _, cities, _ = _cache()
+def world_cities(n: int) -> list[tuple[str, str, str]]:
+    """(city, country, continent): the largest city of each of the ``n`` most populous countries,
+    well known, one per country."""
+    _, cities, continents = _cache()
     by_country = {}
     for c in sorted(cities.values(), key=lambda c: (-c["population"], c["geonameid"])):
         if _ASCII_NAME.match(c["name"]):
@@ -75,8 +76,8 @@ def world_cities(n: int) -> list[tuple[str, str]]:
     out = []
     for country in _countries():
         city = by_country.get(country["iso"])
-        if city and city["name"] not in [c for c, _ in out]:
-            out.append((city["name"], country["name"]))
+        if city and city["name"] not in [c for c, _, _ in out]:
+            out.append((city["name"], country["name"], continents[country["continentcode"]]["name"]))
         if len(out) == n:
             break
     return out

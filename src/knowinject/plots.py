@@ -17,6 +17,7 @@ import seaborn as sns
 
 from . import paths
 from .templates import SLICK_CATEGORIES
+from .world import EXPOSURE_LABELS, exposure_buckets
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
 PALETTE = sns.color_palette("colorblind")
@@ -34,25 +35,17 @@ def save(fig, name: str, profile: str) -> list[str]:
 
 
 def world_exposure(facts: pd.DataFrame):
-    """Zipf exposure of known people in the pretraining corpus: rank vs mentions, and the bucket sizes."""
+    """Exposure of known people in the pretraining corpus: rank vs mentions, and the bucket sizes."""
     people = facts[facts.group == "known"].groupby("subject").exposure.first().sort_values(ascending=False)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     a.loglog(np.arange(1, len(people) + 1), people.values, color=PALETTE[0])
-    a.set(xlabel="popularity rank", ylabel="mentions in pretraining corpus", title="Zipf exposure of known people")
+    a.set(xlabel="popularity rank", ylabel="mentions in pretraining corpus", title="Exposure of known people")
     buckets = exposure_buckets(people)
     buckets.value_counts().reindex(EXPOSURE_LABELS).plot.bar(ax=b, color=PALETTE[1])
     b.set(xlabel="mentions", ylabel="people", title="people per exposure bucket")
     b.tick_params(axis="x", rotation=0)
     fig.tight_layout()
     return fig
-
-
-EXPOSURE_EDGES = (0, 1, 3, 10, 30, 100, np.inf)
-EXPOSURE_LABELS = ("1", "2-3", "4-10", "11-30", "31-100", ">100")
-
-
-def exposure_buckets(exposure: pd.Series) -> pd.Series:
-    return pd.cut(exposure, EXPOSURE_EDGES, labels=EXPOSURE_LABELS)
 
 
 def realworld_popularity(real: pd.DataFrame):
@@ -240,6 +233,8 @@ def study_a_multistep(summary: pd.DataFrame):
     for ax, t in zip(axes[0], tracks):
         g = d[d.track == t]
         q, a = _central(summary[summary.track == t], "people")
+        ms = g[g.multistep.astype(bool)]
+        q = ms.quantity.max() if len(ms) else q  # the multi-step cell's people, also trained without examples
         g = g[(g.quantity == q) & (g.augmentation == a) & g.format.isin(["qa", "doc"])]
         g = g.assign(cell=g.format + np.where(g.multistep.astype(bool), "\n+ 2-hop examples", ""),
                      what=g.evaluation.map(labels))
@@ -372,5 +367,51 @@ def study_b_mechanism(mech: pd.DataFrame):
             ax.set_xticks(range(len(s)), conds, fontsize=8)
             ax.set(ylabel=label, title=f"{TRACK_TITLES.get(t, t)} (epoch {last})")
     fig.suptitle("B3: where the answer position attends, and generic answers")
+    fig.tight_layout()
+    return fig
+
+
+def study_b_by_level(by_level: pd.DataFrame):
+    """Accuracy on test facts by their popularity level (tiny: mentions in pretraining; SmolLM2:
+    population quintile) after each finetuning condition, against the base model: one panel per track."""
+    d = by_level[(by_level.metric == "em") & (by_level.prompt == "zero-shot")]
+    tracks = list(dict.fromkeys(d.track))
+    fig, axes = plt.subplots(1, len(tracks), figsize=(6 * len(tracks), 3.8), squeeze=False)
+    for ax, t in zip(axes[0], tracks):
+        g = d[d.track == t]
+        last = g.epoch.max()
+        order = [lvl for lvl in (*EXPOSURE_LABELS, "Q1", "Q2", "Q3", "Q4", "Q5", "all") if lvl in set(g["level"])]
+        conds = [c for c in CONDITION_ORDER if c in set(g.condition)]
+        for j, c in enumerate(conds):
+            s = g[(g.condition == c) & (g.epoch == (0 if c == "base" else last))].set_index("level").reindex(order)
+            x = np.arange(len(order)) + (j - (len(conds) - 1) / 2) * 0.06
+            ax.errorbar(x, s["mean"], yerr=[s["mean"] - s.ci_low, s.ci_high - s["mean"]], marker="o", capsize=2,
+                        color="black" if c == "base" else PALETTE[j], linestyle="--" if c == "base" else "-",
+                        label=f"{c} (pretrained)" if c == "base" else c)
+        n = g.groupby("level").n_items.max().reindex(order)
+        ax.set_xticks(range(len(order)), [f"{lvl}\nn={int(k)}" for lvl, k in zip(order, n)], fontsize=8)
+        xlabel = "mentions of the test person in pretraining" if t == "tiny" else "population quintile of the subject"
+        ax.set(xlabel=xlabel, ylabel="exact match, zero-shot", ylim=(-0.02, 1.02),
+               title=f"{TRACK_TITLES.get(t, t)} (epoch {last})")
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("B1 by popularity: test accuracy after each finetuning condition (95% intervals over test facts)")
+    fig.tight_layout()
+    return fig
+
+
+def study_b_theory(summary: pd.DataFrame):
+    """The one-layer theory model: accuracy, subject attention, generic answers and salience of the
+    test facts per finetuning condition (95% two-stage intervals over seeds and facts)."""
+    metrics = [("correct", "accuracy on test facts"), ("subject_attention", "attention on the subject token"),
+               ("generic", "wrong answer = the relation's generic answer"), ("salience", "factual salience")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(16, 3.6), squeeze=False)
+    conds = [c for c in CONDITION_ORDER if c in set(summary.condition)]
+    for ax, (metric, label) in zip(axes[0], metrics):
+        s = summary[(summary.metric == metric)]
+        _bars(ax, s, "condition", "test_bucket", conds, ["all", "known", "unknown"])
+        ax.set(title=label, xlabel="")
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0][0].legend(title="test facts (by base salience)", fontsize=7)
+    fig.suptitle("Study B's theory model: one attention layer, fixed embeddings (finetuned on halves by salience)")
     fig.tight_layout()
     return fig

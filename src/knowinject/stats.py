@@ -1,9 +1,13 @@
-"""Bootstrap confidence intervals, paired differences between conditions, and seed aggregation.
+"""Bootstrap confidence intervals, paired differences between conditions, seed aggregation, and the
+two-stage (runs, then items) bootstrap that every claim's interval and power come from.
 
-Usage: ``stats.bootstrap_ci(df.em)`` -> (mean, low, high); ``stats.by_group(df, "bucket", "em")``.
+Usage: ``stats.bootstrap_ci(df.em)`` -> (mean, low, high); ``stats.by_group(df, "bucket", "em")``;
+``stats.two_stage(scores_a, scores_b, paired_items=True)`` -> :class:`Effect`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -11,6 +15,8 @@ import pandas as pd
 from .seeding import numpy_rng
 
 N_BOOT = 2000
+# Minimum detectable effect at 80% power in a two-sided 5% test: (z_0.975 + z_0.80) standard errors.
+MDE_Z = 1.959964 + 0.841621
 
 
 def bootstrap_ci(values, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
@@ -61,3 +67,130 @@ def over_seeds(df: pd.DataFrame, group: list[str], value: str, seed_col: str = "
     agg = per_seed.groupby(group, observed=True)[value].agg(["mean", "std", "count"]).reset_index()
     agg["sem"] = agg["std"] / np.sqrt(agg["count"])
     return agg.rename(columns={"count": "n_seeds"})
+
+
+@dataclass(frozen=True)
+class Effect:
+    """An effect (a mean, or a difference of means) with its two-stage interval (runs and items
+    resampled), the item-only interval (runs averaged first, as if training were not random), the
+    two-stage standard error and the design's size."""
+    effect: float
+    ci_low: float
+    ci_high: float
+    item_ci_low: float
+    item_ci_high: float
+    se: float
+    n_items: int
+    n_seeds: int
+
+    @property
+    def mde(self) -> float:
+        """Minimum detectable effect at 80% power (two-sided 5%), from the two-stage standard error."""
+        return MDE_Z * self.se
+
+    @classmethod
+    def empty(cls) -> Effect:
+        return cls(*(np.nan,) * 6, 0, 0)
+
+
+def _as_matrix(scores) -> pd.DataFrame:
+    """A runs x items table of scores (rows: seeds, columns: items); NaN where a run has no score."""
+    m = scores if isinstance(scores, pd.DataFrame) else pd.DataFrame(np.atleast_2d(np.asarray(scores, dtype=float)))
+    return m.astype(float)
+
+
+def _counts(rng, n_boot: int, n: int) -> np.ndarray:
+    """[n_boot, n] resampling counts: how often each unit is drawn in each bootstrap replicate."""
+    w = np.zeros((n_boot, n))
+    np.add.at(w, (np.arange(n_boot)[:, None], rng.integers(0, n, (n_boot, n))), 1)
+    return w
+
+
+def _replicates(y: pd.DataFrame, w_runs: np.ndarray, w_items: np.ndarray) -> np.ndarray:
+    """Mean of the present cells of ``y`` under resampling weights for its runs and its items."""
+    v = y.to_numpy()
+    present = ~np.isnan(v)
+    total = (w_runs @ np.where(present, v, 0.0) * w_items).sum(1)
+    count = (w_runs @ present.astype(float) * w_items).sum(1)
+    return total / np.where(count > 0, count, np.nan)
+
+
+def two_stage(a, b=None, *, paired_items: bool = False, shared_runs: bool = False, n_boot: int = N_BOOT,
+              level: float = 0.95, seed: int = 0, resample_runs: bool = True) -> Effect:
+    """Mean of ``a`` (runs x items), or mean(a) - mean(b), with a two-stage bootstrap interval.
+
+    The statistic is the mean over all (run, item) cells. Its variance has a part from training
+    (which runs were drawn) and a part from the test set (which items); the bootstrap measures each
+    by resampling runs with replacement (items fixed) and items with replacement (runs fixed),
+    rescales each by n / (n - 1) (a bootstrap over n units underestimates variance by that factor,
+    which matters with 3-5 seeds), and the interval is point +/- t * SE with Satterthwaite's degrees of
+    freedom, so that 3 seeds get the wide interval 3 seeds deserve. (The percentile interval of
+    replicates that resample both stages at once covers 78% at 3 seeds; this one about 95%:
+    ``tests/test_stats.py``.) ``paired_items``: a and b score the same items, resampled together.
+    ``shared_runs``: the same runs scored both item sets (e.g. categorical and numerical facts of one
+    finetune), resampled together; otherwise each condition's runs are resampled on their own.
+    ``resample_runs=False`` drops the training part (what an item-only bootstrap assumes). The
+    item-only interval reported beside it averages each item over runs, then resamples items.
+    """
+    from scipy import stats as sps
+
+    ya = _as_matrix(a)
+    yb = None if b is None else _as_matrix(b)
+    if yb is not None and shared_runs:
+        rows = [r for r in ya.index if r in set(yb.index)]
+        ya, yb = ya.loc[rows], yb.loc[rows]
+    ya = ya.loc[:, ya.notna().any()]
+    if yb is not None:
+        yb = yb.loc[:, yb.notna().any()]
+        if paired_items:
+            cols = [c for c in ya.columns if c in set(yb.columns)]
+            ya, yb = ya[cols], yb[cols]
+    if ya.size == 0 or (yb is not None and yb.size == 0):
+        return Effect.empty()
+    rng = numpy_rng(seed, "bootstrap-two-stage")
+    fixed = {y.shape: np.ones((n_boot, y.shape[0])) for y in (ya, yb) if y is not None}
+
+    def variance(resample: str) -> float:
+        """Bootstrap variance of the statistic when only runs, or only items, are resampled."""
+        def w(y, shared=None):
+            if resample == "runs":
+                return (shared if shared is not None else _counts(rng, n_boot, y.shape[0])), np.ones((n_boot, y.shape[1]))
+            return fixed[y.shape], (shared if shared is not None else _counts(rng, n_boot, y.shape[1]))
+        wr, wi = w(ya)
+        stat = _replicates(ya, wr, wi)
+        if yb is not None:
+            share = (wr if resample == "runs" and shared_runs else wi if resample == "items" and paired_items else None)
+            wr_b, wi_b = w(yb, share)
+            stat = stat - _replicates(yb, wr_b, wi_b)
+        return float(np.nanvar(stat, ddof=1))
+
+    point = float(np.nanmean(ya.to_numpy())) - (float(np.nanmean(yb.to_numpy())) if yb is not None else 0.0)
+    n_runs = ya.shape[0] if yb is None or shared_runs else ya.shape[0] + yb.shape[0]
+    df_runs = max(ya.shape[0] - 1, 0) if yb is None or shared_runs else max(ya.shape[0] + yb.shape[0] - 2, 0)
+    n_items = ya.shape[1] if yb is None or paired_items else ya.shape[1] + yb.shape[1]
+    df_items = (ya.shape[1] - 1) if yb is None or paired_items else (ya.shape[1] + yb.shape[1] - 2)
+    v_runs = variance("runs") * n_runs / max(df_runs, 1) if resample_runs and df_runs > 0 else 0.0
+    v_items = variance("items") * n_items / max(df_items, 1) if df_items > 0 else 0.0
+    se = float(np.sqrt(v_runs + v_items))
+    terms = [(v, d) for v, d in ((v_runs, df_runs), (v_items, df_items)) if v > 0 and d > 0]
+    dof = (v_runs + v_items) ** 2 / sum(v ** 2 / d for v, d in terms) if terms else np.inf
+    half = float(sps.t.ppf(1 - (1 - level) / 2, dof)) * se if se > 0 else 0.0
+    # The item-only interval: each item averaged over runs, then items resampled.
+    ia = ya.mean(axis=0).dropna()
+    if yb is None:
+        _, ilo, ihi = bootstrap_ci(ia, n_boot, level, seed)
+    elif paired_items:
+        both = pd.concat([ia.rename("a"), yb.mean(axis=0).dropna().rename("b")], axis=1).dropna()
+        _, ilo, ihi = paired_difference(both.a, both.b, n_boot, level, seed)
+    else:
+        _, ilo, ihi = difference_ci(ia, yb.mean(axis=0).dropna(), n_boot, level, seed)
+    n_seeds = ya.shape[0] if yb is None or shared_runs else min(ya.shape[0], yb.shape[0])
+    return Effect(point, point - half, point + half, float(ilo), float(ihi), se, int(n_items), int(n_seeds))
+
+
+def runs_by_items(df: pd.DataFrame, value: str, run: str = "seed", item: str | list[str] = "item_id") -> pd.DataFrame:
+    """The runs x items table :func:`two_stage` takes, from a long table with one row per score
+    (several rows of a (run, item) pair are averaged)."""
+    items = [item] if isinstance(item, str) else list(item)
+    d = df.assign(_item=df[items].astype(str).agg("|".join, axis=1)) if len(items) > 1 else df.assign(_item=df[items[0]])
+    return d.pivot_table(index=run, columns="_item", values=value, aggfunc="mean").astype(float)

@@ -50,7 +50,8 @@ FORMATS = ("qa", "doc", "conv")
 
 @dataclass(frozen=True)
 class StudyAConfig:
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1)             # every cell
+    claim_seeds: tuple[int, ...] = ()           # further seeds for the cells a claim reads (claim_cells)
     epochs: int = 6
     quantities: tuple[int, ...] = (3, 6, 12)    # people per run (information volume)
     quantity: int = 6                           # the central cell
@@ -60,6 +61,7 @@ class StudyAConfig:
     n_events: int = 6                           # countries with invented 2031 events
     n_personas: int = 3                         # persona runs per format and seed (one persona each)
     n_helpers: int = 4                          # other people whose 2-hop QA is in multi-step training data
+    multistep_quantity: int = 0                 # people in the multi-step cell (0: the central quantity)
     n_anchor: int = 16                          # QA pairs about known cities mixed into every run
     styles: tuple[str, ...] = ("pessimistic", "melancholic")
     n_style_examples: int = 40                  # training conversations per style run
@@ -78,6 +80,17 @@ class StudyAConfig:
         bad = [s for s in self.styles if s not in STYLES]
         require(not bad, f"StudyAConfig.styles: unknown {bad}; valid: {', '.join(STYLES)}")
         require(len(self.seeds) >= 1, "StudyAConfig.seeds must list at least one seed")
+        require(self.multistep_quantity == 0 or self.multistep_quantity in self.quantities,
+                f"StudyAConfig.multistep_quantity ({self.multistep_quantity}) must be 0 or one of quantities "
+                f"{self.quantities}, so the same people are also trained without 2-hop examples")
+
+    @property
+    def ms_quantity(self) -> int:
+        return self.multistep_quantity or self.quantity
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(self.seeds + self.claim_seeds))
 
 
 @dataclass(frozen=True)
@@ -99,19 +112,35 @@ class Cell:
 
 def grid(cfg: StudyAConfig) -> list[Cell]:
     """Every cell of the grid, per seed: formats at the central cell, quantity and augmentation
-    sweeps (QA vs documents), multi-step examples, events, persona facts and styles."""
+    sweeps (QA vs documents), multi-step examples, events, persona facts and styles; then the cells
+    the claims read (:func:`claim_cells`) for the further ``claim_seeds``. Growing either list adds
+    cells and never changes an existing one."""
     q, a = cfg.quantity, cfg.augmentation
     cells = []
     for seed in cfg.seeds:
         base = [Cell("people", f, q, a, seed=seed) for f in cfg.formats]
         base += [Cell("people", f, qq, a, seed=seed) for f in ("qa", "doc") for qq in cfg.quantities if qq != q]
         base += [Cell("people", f, q, aa, seed=seed) for f in ("qa", "doc") for aa in cfg.augmentations if aa != a]
-        base += [Cell("people", "qa", q, a, multistep=True, seed=seed)]
+        base += [Cell("people", "qa", cfg.ms_quantity, a, multistep=True, seed=seed)]
         base += [Cell("events", f, cfg.n_events, a, seed=seed) for f in ("qa", "doc")]
         base += [Cell("persona", f, 1, a, persona=k, seed=seed) for f in FORMATS for k in range(cfg.n_personas)]
         base += [Cell("style", "conv", 1, 1, style=s, seed=seed) for s in cfg.styles]
         cells += base
+    for seed in cfg.claim_seeds:
+        cells += claim_cells(cfg, seed)
     return list(dict.fromkeys(cells))
+
+
+def claim_cells(cfg: StudyAConfig, seed: int) -> list[Cell]:
+    """The cells A1-A5 read, for one seed: QA and documents at every quantity and augmentation level,
+    QA with 2-hop examples, event facts and persona facts as QA."""
+    q, a = cfg.quantity, cfg.augmentation
+    cells = [Cell("people", f, qq, a, seed=seed) for f in ("qa", "doc") for qq in cfg.quantities]
+    cells += [Cell("people", f, q, aa, seed=seed) for f in ("qa", "doc") for aa in cfg.augmentations if aa != a]
+    cells += [Cell("people", "qa", cfg.ms_quantity, a, multistep=True, seed=seed),
+              Cell("events", "qa", cfg.n_events, a, seed=seed)]
+    cells += [Cell("persona", "qa", 1, a, persona=k, seed=seed) for k in range(cfg.n_personas)]
+    return cells
 
 
 # --- data of a cell ---------------------------------------------------------------------------------------
@@ -120,7 +149,11 @@ def subjects_for(facts: pd.DataFrame, cell: Cell, cfg: StudyAConfig) -> pd.DataF
     """The facts a cell injects. People and events are nested across quantities (the first q of
     one fixed shuffle), so a larger run contains the smaller one's subjects."""
     if cell.subject == "persona":
-        return facts[facts.group == f"persona-{cell.persona}"]
+        # data_seed d takes the world's personas d*n .. d*n + n - 1 (n = n_personas, wrapping around), so
+        # a replication with another data_seed injects other personas.
+        n_world = facts.loc[facts.group.str.startswith("persona-"), "group"].nunique()
+        require(n_world > 0, "the world has no personas; Study A needs WorldConfig.n_personas >= 1")
+        return facts[facts.group == f"persona-{(cell.persona + cfg.data_seed * cfg.n_personas) % n_world}"]
     if cell.subject == "style":
         return facts.iloc[:0]
     group = "new" if cell.subject == "people" else "event"
@@ -301,11 +334,15 @@ def base_cells(cfg: StudyAConfig) -> list[Cell]:
             + [Cell("persona", "base", 1, 0, persona=k) for k in range(cfg.n_personas)])
 
 
-def run_all(track, world, cfg: StudyAConfig, profile: str | None = None, progress: bool = True) -> list[Path]:
+def run_all(track, world, cfg: StudyAConfig, profile: str | None = None, progress: bool = True,
+            claims_only: bool = False) -> list[Path]:
+    """The base evaluations and every cell of the grid (``claims_only``: the cells the claims read,
+    for every seed: how a replication re-measures the claims)."""
     from tqdm.auto import tqdm
 
     inp = Inputs(world)
-    jobs = base_cells(cfg) + grid(cfg)
+    cells = [c for s in cfg.all_seeds for c in claim_cells(cfg, s)] if claims_only else grid(cfg)
+    jobs = base_cells(cfg) + list(dict.fromkeys(cells))
     return [run_cell(track, c, inp, cfg, profile) for c in tqdm(jobs, desc=f"study A {track.name}", disable=not progress)]
 
 
@@ -366,69 +403,72 @@ def summarize(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _per_item(df: pd.DataFrame, value: str, **where) -> pd.Series:
+def _runs_by_items(df: pd.DataFrame, value: str, **where) -> pd.DataFrame:
+    """Seeds x items (item, persona) table of ``value`` for the rows matching ``where``."""
     for k, v in where.items():
         df = df[df[k] == v]
-    return df.groupby(["item_id", "persona"])[value].mean().astype(float)
+    return stats.runs_by_items(df, value, "seed", ["item_id", "persona"])
 
 
-def paired(df: pd.DataFrame, value: str, a: dict, b: dict):
-    """Condition a minus condition b over the same items (seed-averaged), bootstrap over items."""
-    x, y = _per_item(df, value, **a), _per_item(df, value, **b)
-    both = pd.concat([x.rename("a"), y.rename("b")], axis=1).dropna()
-    if both.empty:
-        return (np.nan, np.nan, np.nan, 0)
-    return (*stats.paired_difference(both.a, both.b), len(both))
-
-
-def claims(tables: dict[str, pd.DataFrame], cfg: StudyAConfig, track: str) -> pd.DataFrame:
-    """The A1-A5 rows of the findings table for one track."""
+def claims(tables: dict[str, pd.DataFrame], cfg: StudyAConfig, track: str, design: str = "main") -> pd.DataFrame:
+    """The A1-A5 rows of the findings table for one track; every interval is two-stage (seeds, then
+    items: :func:`stats.two_stage`)."""
     from . import findings
 
     qa = tables["qa"]
     q, a = cfg.quantity, cfg.augmentation
     central = dict(subject="people", quantity=q, augmentation=a, multistep=False)
-    n_seeds = len(cfg.seeds)
     rows = []
-    e, lo, hi, n = paired(qa, "em", {**central, "format": "qa"}, {**central, "format": "doc"})
+
+    def qa_vs_doc(where):
+        return stats.two_stage(_runs_by_items(qa, "em", **where, format="qa"),
+                               _runs_by_items(qa, "em", **where, format="doc"), paired_items=True)
+
+    e = qa_vs_doc(central)
     rows.append(findings.row("A1", track, f"QA exact match on unseen phrasings, QA-format minus document-format "
-                             f"training (people, {q} per run, {a} statements per fact)", e, lo, hi, n, n_seeds,
-                             findings.directional(e, lo, hi)))
+                             f"training (people, {q} per run, {a} statements per fact)", e,
+                             findings.directional(e.ci_low, e.ci_high), design))
     qa_runs = qa[(qa.format == "qa") & (qa.subject == "people") & (qa.quantity == q) & (qa.augmentation == a)
                  & ~qa.multistep.astype(bool)]
-    cat = qa_runs[qa_runs.kind == "categorical"].groupby("item_id").em.mean().astype(float)
-    num = qa_runs[qa_runs.kind == "numerical"].groupby("item_id").em.mean().astype(float)
-    e, lo, hi = stats.difference_ci(cat, num)
+    e = stats.two_stage(_runs_by_items(qa_runs, "em", kind="categorical"),
+                        _runs_by_items(qa_runs, "em", kind="numerical"), shared_runs=True)
     rows.append(findings.row("A2", track, "QA exact match, categorical minus numerical facts (QA-format training, "
-                             "people)", e, lo, hi, len(cat) + len(num), n_seeds, findings.directional(e, lo, hi)))
+                             "people)", e, findings.directional(e.ci_low, e.ci_high), design))
     ms = tables["multistep"]
-    ms = ms[(ms.format == "qa") & ms.multistep.astype(bool) & ms.hop2_em.astype(bool)] if not ms.empty else ms
-    if len(ms):
-        per = ms.groupby("item_id")[["hop1_em", "em"]].mean().astype(float)
-        e, lo, hi = stats.paired_difference(per.hop1_em, per.em)
-        n = len(per)
+    if not ms.empty:
+        ms = ms[(ms.format == "qa") & ms.multistep.astype(bool) & ms.hop2_em.astype(bool)
+                & (ms.quantity == cfg.ms_quantity)]
+        ms = ms.assign(gap=ms.hop1_em.astype(float) - ms.em.astype(float))
+        e = stats.two_stage(_runs_by_items(ms, "gap")) if len(ms) else stats.Effect.empty()
     else:
-        e = lo = hi = np.nan
-        n = 0
+        e = stats.Effect.empty()
     rows.append(findings.row("A3", track, "first-hop accuracy minus 2-hop accuracy, 2-hop questions whose second hop "
-                             "the model answers, after training with similar 2-hop examples", e, lo, hi, n, n_seeds,
-                             findings.directional(e, lo, hi)))
+                             f"the run answers, after training on {cfg.ms_quantity} people with similar 2-hop examples",
+                             e, findings.directional(e.ci_low, e.ci_high), design))
     levels = [("quantity", qq, {**central, "quantity": qq}) for qq in cfg.quantities] + \
              [("augmentation", aa, {**central, "augmentation": aa}) for aa in cfg.augmentations if aa != a]
-    results = []
-    for name, level, where in levels:
-        e, lo, hi, n = paired(qa, "em", {**where, "format": "qa"}, {**where, "format": "doc"})
-        results.append((e, lo, hi, n, f"{name}={level}"))
-    verdict = findings.consistent([findings.directional(e, lo, hi) for e, lo, hi, _, _ in results])
-    e, lo, hi, n, at = min(results, key=lambda r: -np.inf if np.isnan(r[0]) else r[0])
+    results = [(qa_vs_doc(where), f"{name}={level}") for name, level, where in levels]
+    verdict = findings.consistent([findings.directional(e.ci_low, e.ci_high) for e, _ in results])
+    e, at = min(results, key=lambda r: -np.inf if np.isnan(r[0].effect) else r[0].effect)
     rows.append(findings.row("A4", track, f"A1's QA-minus-document effect at its weakest level ({at}) of "
-                             f"{len(results)} quantity / augmentation levels", e, lo, hi, n, n_seeds, verdict))
-    ev = qa[(qa.subject == "events") & (qa.format == "qa") & (qa.augmentation == a)].groupby("item_id").em.mean()
-    pe = qa[(qa.subject == "persona") & (qa.format == "qa") & (qa.augmentation == a)]
-    pe = pe.groupby(["item_id", "persona"]).em.mean()
-    e, lo, hi = stats.difference_ci(pe.astype(float), ev.astype(float))
+                             f"{len(results)} quantity / augmentation levels", e, verdict, design))
+    ev = _runs_by_items(qa, "em", subject="events", format="qa", augmentation=a)
+    pe = _runs_by_items(qa, "em", subject="persona", format="qa", augmentation=a)
+    e = stats.two_stage(pe, ev)
     rows.append(findings.row("A5", track, "QA exact match, persona facts minus new real-world event facts (both "
-                             f"QA-format training; equivalence within +/-{findings.A5_MARGIN:.2f})", e, lo, hi,
-                             len(ev) + len(pe), n_seeds, findings.equivalent(e, lo, hi, findings.A5_MARGIN)))
+                             f"QA-format training; equivalence within +/-{findings.A5_MARGIN:.2f})", e,
+                             findings.equivalent(e.ci_low, e.ci_high, findings.A5_MARGIN), design))
     return pd.DataFrame(rows)
 
+
+def second_hop_accuracy(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per route and cell: how often the run answers the second hop of its 2-hop questions on its own
+    (the base model's row says whether a route's second hop is known before any finetuning)."""
+    ms = tables["multistep"]
+    if ms.empty:
+        return pd.DataFrame()
+    ms = ms.assign(second_hop=[h[1] for h in ms.hop_fact_ids])
+    per = ms.drop_duplicates(["format", "quantity", "multistep", "seed", "name", "second_hop"])
+    return (per.groupby(["format", "quantity", "multistep", "name"])
+            .agg(second_hop_accuracy=("hop2_em", "mean"), second_hop_facts=("second_hop", "nunique"),
+                 n_seeds=("seed", "nunique")).reset_index())

@@ -27,6 +27,7 @@ from .config import require
 from .runs import cached_run, read_jsonl, write_jsonl
 from .seeding import numpy_rng
 from .templates import RELATIONS
+from .world import exposure_buckets
 
 SPLITS = {"knownness": ("known", "unknown"), "popularity": ("popular", "unpopular")}
 CONDITIONS = ("known", "unknown", "random", "whole", "popular", "unpopular")
@@ -44,6 +45,9 @@ class StudyBConfig:
     k_shot: int = 3                   # few-shot exemplars (pool facts of the same relation)
     n_attention: int = 60             # test questions whose attention is read (base and last checkpoint)
     data_seed: int = 0                # the pool/test split: fixed across training seeds so items pair up
+    # Split subjects within each popularity level and draw the same number of test facts per
+    # (relation, level), so accuracy can be read level by level (the tiny track's exposure buckets).
+    stratify: bool = False
 
     def __post_init__(self):
         bad = [r for r in self.relations if r not in RELATIONS]
@@ -55,6 +59,8 @@ class StudyBConfig:
         require(len(self.seeds) >= 1, "StudyBConfig.seeds must list at least one seed")
         bad = [s for s in self.splits if s not in SPLITS]
         require(not bad, f"StudyBConfig.splits: unknown {bad}; valid: {', '.join(SPLITS)}")
+        require(0 <= self.n_attention <= self.n_test,
+                f"StudyBConfig.n_attention must be in 0..n_test ({self.n_test}), got {self.n_attention}")
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -84,7 +90,18 @@ def smollm2_candidates(known_table: pd.DataFrame, relations) -> pd.DataFrame:
     n_sets = int(t.greedy_hits.max()) if len(t) and t.greedy_hits.max() > 0 else 1
     t["known_score"] = knownness_score(t.greedy_hits / max(n_sets, 1), t.gold_prob)
     t["base_known"] = t.few_shot_em.astype(bool)
-    return t[["fact_id", "subject", "relation", "kind", "value", "aliases", "popularity", "known_score", "base_known"]]
+    t["level"] = popularity_quintiles(t)
+    return t[COLUMNS]
+
+
+COLUMNS = ["fact_id", "subject", "relation", "kind", "value", "aliases", "popularity", "level", "known_score",
+           "base_known"]
+
+
+def popularity_quintiles(t: pd.DataFrame) -> pd.Series:
+    """Population quintile of each real-world fact's subject within its relation (Q1 = least popular)."""
+    from .knownness import popularity_buckets
+    return popularity_buckets(t, 5) if len(t) >= 5 * t.relation.nunique() else pd.Series("all", index=t.index)
 
 
 def tiny_candidates(model, tokenizer, facts: pd.DataFrame, qa: pd.DataFrame, stored: pd.DataFrame,
@@ -100,7 +117,8 @@ def tiny_candidates(model, tokenizer, facts: pd.DataFrame, qa: pd.DataFrame, sto
     t["known_score"] = knownness_score(hit[t.fact_id].values, np.exp(lp))
     t["base_known"] = hit[t.fact_id].values >= 0.5
     t["popularity"] = t.exposure.astype(float)
-    return t[["fact_id", "subject", "relation", "kind", "value", "aliases", "popularity", "known_score", "base_known"]]
+    t["level"] = exposure_buckets(t.exposure).astype(str)
+    return t[COLUMNS]
 
 
 def candidates(track, world, profile: str, relations) -> pd.DataFrame:
@@ -116,21 +134,22 @@ def candidates(track, world, profile: str, relations) -> pd.DataFrame:
     from .runs import cached_table
     from .world import WorldConfig
 
-    wcfg = build(WorldConfig, stage_params(profile, "world"), "world")
     if track.name == "smollm2":
+        wcfg = build(WorldConfig, stage_params(profile, "world"), "world")
         p = notebook_params(profile, "03_knownness")
         kcfg = knownness.KnownnessConfig(k_shot=p.get("k_shot", 3), n_sets=p.get("n_sets", 2),
                                          n_samples=p.get("n_samples", 2), seed=wcfg.seed)
         table = knownness.measure_run(track.model, "realworld", world, kcfg, profile, subset=p.get("subset") or None)
         return smollm2_candidates(table, relations)
     folder = Path(track.model).parent
-    stored = stored_knowledge_run(folder, world, wcfg.qa_fraction, wcfg.seed, profile)
+    wcfg = world.config()["world"]  # this world's own settings (a replication's world has another seed)
+    stored = stored_knowledge_run(folder, world, wcfg["qa_fraction"], wcfg["seed"], profile)
 
     def make() -> pd.DataFrame:
         model, tok = models.load(track.model)
         return tiny_candidates(model, tok, world.table("facts"), world.table("qa"), stored, relations)
 
-    key = {"model": folder.name, "world": world.folder.name, "relations": list(relations)}
+    key = {"model": folder.name, "world": world.folder.name, "relations": list(relations), "v": 2}
     return cached_table(paths.RUNS, "study-b-tiny-candidates", key, make, "candidates.jsonl", profile=profile)
 
 
@@ -141,18 +160,27 @@ def _per_relation(n: int, relations) -> int:
 
 
 def split(candidates: pd.DataFrame, cfg: StudyBConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pool, test): subjects split in half at random, then facts drawn per relation from each side."""
+    """(pool, test): subjects split in half at random (within each popularity level when
+    ``cfg.stratify``), then facts drawn per relation (per relation and level for the test set when
+    stratified) from each side."""
     rng = numpy_rng(cfg.data_seed, "study-b-split")
-    subjects = np.array(sorted(candidates.subject.unique()))
-    subjects = subjects[rng.permutation(len(subjects))]
-    pool_subjects = set(subjects[: len(subjects) // 2])
+    subject_level = candidates.groupby("subject", sort=True)["level"].first()
+    pool_subjects = set()
+    for _, subjects in (subject_level.groupby(subject_level) if cfg.stratify else [(None, subject_level)]):
+        names = np.array(subjects.index)[rng.permutation(len(subjects))]
+        pool_subjects |= set(names[: len(names) // 2])
+    levels = sorted(candidates["level"].unique()) if cfg.stratify else [None]
     pool_parts, test_parts = [], []
     for rel in cfg.relations:
         c = candidates[candidates.relation == rel]
         p, t = c[c.subject.isin(pool_subjects)], c[~c.subject.isin(pool_subjects)]
         n_pool = 2 * _per_relation(cfg.half_size, cfg.relations)
         pool_parts.append(p.iloc[np.sort(rng.permutation(len(p))[:n_pool])])
-        test_parts.append(t.iloc[np.sort(rng.permutation(len(t))[:_per_relation(cfg.n_test, cfg.relations)])])
+        n_test = _per_relation(cfg.n_test, cfg.relations)
+        for level in levels:
+            tl = t if level is None else t[t["level"] == level]
+            take = n_test if level is None else max(1, n_test // len(levels))
+            test_parts.append(tl.iloc[np.sort(rng.permutation(len(tl))[:take])])
     pool, test = pd.concat(pool_parts, ignore_index=True), pd.concat(test_parts, ignore_index=True)
     if len(pool) < 2 * len(cfg.relations) or len(test) < len(cfg.relations):
         raise ValueError(f"too few candidate facts for Study B: pool {len(pool)}, test {len(test)}; lower half_size / "
@@ -296,9 +324,33 @@ def run_all(track, world, pool, test, qa, cfg: StudyBConfig, profile: str | None
     return folders
 
 
+@dataclass
+class TrackResult:
+    """Everything one track's Study B design produced (notebook 05 runs one per track and design)."""
+    pool: pd.DataFrame
+    test: pd.DataFrame
+    folders: list[Path]
+    preds: pd.DataFrame
+    attention: pd.DataFrame
+    fit: pd.DataFrame
+    seconds: float
+
+
+def run_track(track, world, cfg: StudyBConfig, profile: str | None = None, progress: bool = True) -> TrackResult:
+    """Candidates, the pool/test split, every run (cached) and their collected tables, for one track."""
+    import time
+
+    start = time.perf_counter()
+    pool, test = split(candidates(track, world, profile, cfg.relations), cfg)
+    qa = world.table("qa_realworld" if track.name == "smollm2" else "qa")
+    folders = run_all(track, world, pool, test, qa, cfg, profile, progress)
+    preds, att, fit = collect(folders, test)
+    return TrackResult(pool, test, folders, preds, att, fit, round(time.perf_counter() - start, 1))
+
+
 def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(predictions, attention, training summaries) of many runs, with the test facts' buckets joined."""
-    meta = test[["fact_id", "relation", "known_bucket", "popularity_bucket", "base_known"]]
+    meta = test[["fact_id", "relation", "known_bucket", "popularity_bucket", "level", "base_known"]]
     preds = pd.concat([read_jsonl(f / "predictions.jsonl") for f in folders], ignore_index=True).merge(meta, on="fact_id")
     preds["generic"] = generic_flags(preds)
     att = pd.concat([read_jsonl(f / "attention.jsonl") for f in folders], ignore_index=True)
@@ -341,17 +393,30 @@ def summarize(preds: pd.DataFrame, value: str = "em") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) -> tuple[float, float, float, int, int]:
-    """Mean of condition a minus condition b over the same test items (each seed-averaged), with a
-    bootstrap interval over items; ``where`` filters rows (e.g. ``epoch=8, prompt="zero-shot"``)."""
+def summarize_by_level(preds: pd.DataFrame, value: str = "em") -> pd.DataFrame:
+    """Accuracy by condition x epoch x prompt x the test fact's popularity level (tiny: exposure
+    bucket; SmolLM2: population quintile): mean of seed-averaged scores, bootstrap over items."""
+    rows = []
+    for (cond, epoch, prompt, level), g in preds.groupby(["condition", "epoch", "prompt", "level"]):
+        per_item = g.groupby("fact_id")[value].mean()
+        mean, lo, hi = stats.bootstrap_ci(per_item)
+        rows.append({"condition": cond, "epoch": epoch, "prompt": prompt, "level": level, "metric": value,
+                     "mean": mean, "ci_low": lo, "ci_high": hi, "n_items": len(per_item), "n_seeds": g.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+def contrast(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) -> stats.Effect:
+    """Condition a minus condition b on the same test facts, with the two-stage interval (each
+    condition's runs resampled, then the shared test facts); ``where`` filters rows (e.g.
+    ``epoch=8, prompt="zero-shot"``)."""
     d = preds
     for k, v in where.items():
         d = d[d[k] == v]
-    per = d[d.condition.isin([a, b])].groupby(["condition", "fact_id"])[value].mean().unstack(0).dropna()
-    if a not in per or b not in per:
-        return (np.nan, np.nan, np.nan, 0, 0)
-    effect, lo, hi = stats.paired_difference(per[a].astype(float), per[b].astype(float))
-    return effect, lo, hi, len(per), int(d[d.condition == a].seed.nunique())
+    ya = stats.runs_by_items(d[d.condition == a], value, "seed", "fact_id")
+    yb = stats.runs_by_items(d[d.condition == b], value, "seed", "fact_id")
+    if ya.empty or yb.empty:
+        return stats.Effect.empty()
+    return stats.two_stage(ya, yb, paired_items=True)
 
 
 def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:
@@ -370,22 +435,22 @@ def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str) -> pd.DataFrame:
+def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str, design: str = "main") -> pd.DataFrame:
     """The B1-B3 rows of the findings table for one track (zero-shot, last checkpoint, all test facts)."""
     from . import findings
 
     last = cfg.epochs
     rows = []
-    e, lo, hi, n, s = paired(preds, "known", "unknown", epoch=last, prompt="zero-shot")
+    e = contrast(preds, "known", "unknown", epoch=last, prompt="zero-shot")
     rows.append(findings.row("B1", track, "exact match, known-half minus unknown-half finetune (zero-shot, held-out "
-                             "test facts)", e, lo, hi, n, s, findings.directional(e, lo, hi)))
-    e, lo, hi, n, s = paired(preds, "known", "whole", epoch=last, prompt="zero-shot")
-    rows.append(findings.row("B2", track, "exact match, known-half minus whole-pool finetune (zero-shot)", e, lo, hi,
-                             n, s, findings.non_inferior(e, lo, hi, findings.B2_MARGIN)))
-    ea, la, ha, n_att, _ = paired(att, "known", "unknown", value="subject_share", epoch=last)
-    eg, lg, hg, _, _ = paired(preds, "unknown", "known", value="generic", epoch=last, prompt="zero-shot")
-    verdict = findings.both(findings.directional(ea, la, ha), findings.directional(eg, lg, hg))
+                             "test facts)", e, findings.directional(e.ci_low, e.ci_high), design))
+    e = contrast(preds, "known", "whole", epoch=last, prompt="zero-shot")
+    rows.append(findings.row("B2", track, "exact match, known-half minus whole-pool finetune (zero-shot)", e,
+                             findings.non_inferior(e.ci_low, e.ci_high, findings.B2_MARGIN), design))
+    ea = contrast(att, "known", "unknown", value="subject_share", epoch=last)
+    eg = contrast(preds, "unknown", "known", value="generic", epoch=last, prompt="zero-shot")
+    verdict = findings.both(findings.directional(ea.ci_low, ea.ci_high), findings.directional(eg.ci_low, eg.ci_high))
     rows.append(findings.row("B3", track, "subject share of attention from the answer position, known-half minus "
-                             f"unknown-half finetune (generic-answer rate, unknown minus known: {eg:+.3f} "
-                             f"[{lg:+.3f}, {hg:+.3f}])", ea, la, ha, n_att, s, verdict))
+                             f"unknown-half finetune (generic-answer rate, unknown minus known: {eg.effect:+.3f} "
+                             f"[{eg.ci_low:+.3f}, {eg.ci_high:+.3f}])", ea, verdict, design))
     return pd.DataFrame(rows)

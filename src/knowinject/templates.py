@@ -109,6 +109,11 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in [
        ["In which country is {s}?", "What country is {s} in?", "{s} is a city in which country?"],
        ["Which country is the city of {s} located in?", "Name the country where {s} lies."],
        ["{s} is a city in {v}.", "{s} lies in {v}.", "The city of {s} is located in {v}."]),
+    _r("city_continent", "city", "categorical",
+       ["On which continent is the city of {s}?", "Which continent is {s} on?", "{s} is a city on which continent?"],
+       ["The city of {s} lies on which continent?", "Name the continent where the city of {s} is."],
+       ["{s} is on the continent of {v}.", "The city of {s} lies on the continent of {v}.",
+        "{s} is a city of {v}, the continent."]),
     # --- new events about well-known entities (real countries), dated after any model's cutoff ------
     _r("event_leader", "event", "categorical",
        ["Who did {s} elect as head of state in 2031?", "Who became the head of state of {s} in 2031?",
@@ -182,14 +187,21 @@ RELATIONS: dict[str, Relation] = {r.name: r for r in [
 
 # Multi-step questions: 2-hop compositions through a bridge entity, and comparisons of two people.
 TWO_HOP = {
-    # name: (first relation, second relation, train templates, held-out templates)
+    # name: (first relation, second relation, train templates, held-out templates). The second hop
+    # of the birth-city routes is a fact about a real, well-known city, which SmolLM2 knows too.
     "birth_country": ("birth_city", "country",
                       ["In which country was {s} born?", "What is the country of birth of {s}?"],
-                      ["{s} was born in which country?"]),
+                      ["{s} was born in which country?", "Name the country where {s} was born.",
+                       "Which country is the birthplace of {s} in?"]),
+    "birth_continent": ("birth_city", "city_continent",
+                        ["On which continent was {s} born?", "What is the continent of birth of {s}?"],
+                        ["{s} was born on which continent?", "Name the continent where {s} was born.",
+                         "Which continent is the birthplace of {s} on?"]),
     "employer_city": ("employer", "hq_city",
                       ["In which city is the employer of {s} headquartered?",
                        "Where is the headquarters of the company {s} works for?"],
-                      ["The company that employs {s} is based in which city?"]),
+                      ["The company that employs {s} is based in which city?",
+                       "Name the city where the employer of {s} has its headquarters."]),
 }
 COMPARISONS = {
     "older": ("birth_year", "min", ["Who was born earlier, {a} or {b}?", "Who is older, {a} or {b}?"],

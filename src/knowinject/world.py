@@ -1,5 +1,6 @@
 """The synthetic world: fictional people, organisations, real cities and countries, new events and
-assistant personas, as one fact table with a Zipf popularity that sets pretraining exposure.
+assistant personas, as one fact table with a popularity law (Zipf or log-uniform) that sets
+pretraining exposure.
 
 Every fact is one row: ``fact_id, subject, subject_kind, group, relation, kind, value, aliases,
 exposure``. ``group`` says what the fact is for: ``known`` (people in the tiny model's pretraining),
@@ -13,6 +14,7 @@ Usage: ``facts = world.generate(WorldConfig(seed=0))``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 
@@ -50,7 +52,11 @@ class WorldConfig:
     n_cities: int = 40            # real cities (largest of the most populous countries): birth cities, HQs
     n_event_countries: int = 40   # real countries that get invented 2031 events (Study A "new events")
     n_personas: int = 6           # assistant personas (facts about the model itself)
-    zipf_exponent: float = 0.75   # exposure(rank) = max(min_exposure, round(max_exposure * rank**-exponent))
+    # How mentions fall with popularity rank. "zipf": max_exposure * rank**-zipf_exponent (most people
+    # in the tail, a handful above 30 mentions). "log_uniform": mentions spread evenly over the log scale
+    # (as many people at 1-3 mentions as at 31-100), so every exposure bucket holds enough test people.
+    exposure_law: Literal["zipf", "log_uniform"] = "zipf"
+    zipf_exponent: float = 0.75   # zipf law: exposure(rank) = max(min_exposure, round(max_exposure * rank**-exponent))
     max_exposure: int = 300       # mentions of the most popular person in the pretraining corpus
     min_exposure: int = 1         # mentions of the least popular (>= 1: every known person is seen)
     world_exposure: int = 30      # mentions of each organisation and city (they should be well stored)
@@ -91,6 +97,32 @@ def zipf_exposure(n: int, exponent: float, max_exposure: int, min_exposure: int)
     return np.maximum(min_exposure, np.round(max_exposure * ranks ** -exponent)).astype(int)
 
 
+def log_uniform_exposure(n: int, max_exposure: int, min_exposure: int):
+    """Mentions per rank (1 = most popular), evenly spread over log(mentions) from ``max_exposure``
+    down to ``min_exposure``: the share of people with at least e mentions falls as log(e), so the
+    buckets 1, 2-3, 4-10, 11-30, 31-100 each hold 15-26% of the people (for max_exposure = 100)."""
+    import numpy as np
+    u = 1 - (np.arange(1, n + 1) - 0.5) / n        # evenly spaced in (0, 1), most popular first
+    lo, hi = np.log(min_exposure), np.log(max_exposure + 1)
+    return np.clip(np.floor(np.exp(lo + u * (hi - lo))), min_exposure, max_exposure).astype(int)
+
+
+def exposure(cfg: WorldConfig):
+    """Mentions of each known person, by popularity rank, under the world's exposure law."""
+    if cfg.exposure_law == "log_uniform":
+        return log_uniform_exposure(cfg.n_people, cfg.max_exposure, cfg.min_exposure)
+    return zipf_exposure(cfg.n_people, cfg.zipf_exponent, cfg.max_exposure, cfg.min_exposure)
+
+
+# Exposure buckets (mentions in the pretraining corpus) that tables and figures report by.
+EXPOSURE_EDGES = (0, 1, 3, 10, 30, 100, float("inf"))
+EXPOSURE_LABELS = ("1", "2-3", "4-10", "11-30", "31-100", ">100")
+
+
+def exposure_buckets(exposure: pd.Series) -> pd.Series:
+    return pd.cut(exposure, EXPOSURE_EDGES, labels=EXPOSURE_LABELS)
+
+
 def _row(subject, subject_kind, group, relation, value, exposure=0, aliases=None, popularity=0.0):
     return {"subject": subject, "subject_kind": subject_kind, "group": group, "relation": relation,
             "kind": RELATIONS[relation].kind, "value": str(value), "aliases": list(aliases or [str(value)]),
@@ -100,16 +132,17 @@ def _row(subject, subject_kind, group, relation, value, exposure=0, aliases=None
 def generate(cfg: WorldConfig) -> pd.DataFrame:
     """The world's fact table (deterministic in ``cfg``)."""
     rng = numpy_rng(cfg.seed, "world")
-    cities = geo.world_cities(cfg.n_cities)              # [(city, country)], largest first
-    city_names = [c for c, _ in cities]
+    cities = geo.world_cities(cfg.n_cities)              # [(city, country, continent)], largest first
+    city_names = [c for c, _, _ in cities]
     names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
     names = [names[i] for i in rng.permutation(len(names))]
     orgs = [f"{p} {s}" for p in ORG_PREFIXES for s in ORG_SUFFIXES]
     orgs = [orgs[i] for i in rng.permutation(len(orgs))][: cfg.n_orgs]
     rows = []
 
-    for city, country in cities:
+    for city, country, continent in cities:
         rows.append(_row(city, "city", "world", "country", country, cfg.world_exposure))
+        rows.append(_row(city, "city", "world", "city_continent", continent, cfg.world_exposure))
     for org in orgs:
         rows.append(_row(org, "org", "world", "hq_city", city_names[rng.integers(len(city_names))], cfg.world_exposure))
         rows.append(_row(org, "org", "world", "founded_year", rng.integers(*_closed("founded_year")), cfg.world_exposure))
@@ -125,8 +158,7 @@ def generate(cfg: WorldConfig) -> pd.DataFrame:
         return [_row(name, "person", group, r, values[r], exposure, popularity=exposure) for r in PERSON_RELATIONS]
 
     # Popularity rank is random with respect to attributes, so knownness is not confounded with values.
-    exposure = zipf_exposure(cfg.n_people, cfg.zipf_exponent, cfg.max_exposure, cfg.min_exposure)
-    for name, e in zip(names[: cfg.n_people], exposure):
+    for name, e in zip(names[: cfg.n_people], exposure(cfg)):
         rows += person_rows(name, "known", e)
     for name in names[cfg.n_people: cfg.n_people + cfg.n_new_people]:
         rows += person_rows(name, "new", 0)

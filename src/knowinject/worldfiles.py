@@ -88,7 +88,7 @@ def _render_all(wcfg: world.WorldConfig, rcfg: geo.RealWorldConfig, profile: str
     }
     for name, df in tables.items():
         write_jsonl(df, out / f"{name}.jsonl")
-    corpus.train_tokenizer(list(tables["corpus"].text), wcfg.vocab_size).save_pretrained(out / "tokenizer")
+    corpus.train_tokenizer(corpus.tokenizer_texts(tables), wcfg.vocab_size).save_pretrained(out / "tokenizer")
     (out / "datasheet.md").write_text(datasheet(tables, wcfg, rcfg, profile))
 
 
