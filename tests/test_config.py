@@ -24,6 +24,26 @@ def test_pipeline_rejects_unknown_profile_before_running_anything():
     assert "valid profiles: smoke, default, full" in r.stderr
 
 
+def test_broken_profile_yaml_names_the_file_and_line(tmp_path, monkeypatch):
+    (tmp_path / "smoke.yaml").write_text("stages:\n  world:\n    seed: 0\n   n_people: [1, 2\n")
+    monkeypatch.setattr(paths, "PARAMS", tmp_path)
+    with pytest.raises(ConfigError, match=r"profile 'smoke' is not valid YAML: .*smoke.yaml, line \d+, column \d+: "):
+        config.load_profile("smoke")
+
+
+def test_pipeline_reports_a_broken_profile_without_a_traceback(tmp_path):
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(paths.ROOT / "notebooks", root / "notebooks")
+    (root / "notebooks" / "params" / "smoke.yaml").write_text("stages: {world: [1, 2}\n")
+    code = ("import sys; from pathlib import Path; from knowinject import paths, pipeline; "
+            f"paths.PARAMS = Path({str(root / 'notebooks' / 'params')!r}); sys.exit(pipeline.main(['--profile', 'smoke']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "smoke.yaml, line 1" in r.stderr and "not valid YAML" in r.stderr
+
+
 def test_wrong_type_names_the_parameter():
     with pytest.raises(ConfigError, match="parameter 'n_people' must be int, got str 'many'"):
         build(world.WorldConfig, {"n_people": "many"}, "world")

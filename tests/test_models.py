@@ -95,6 +95,31 @@ def test_missing_model_says_how_to_get_it(tmp_path, monkeypatch):
         models.load("some-org/some-model-that-is-not-cached")
 
 
+def test_a_hub_id_without_network_fails_within_seconds(monkeypatch):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # a host that never answers, wherever this runs
+    start = time.perf_counter()
+    with pytest.raises(models.ModelNotFound, match="Offline"):
+        models.load("some-org/some-model-that-is-not-cached")
+    assert time.perf_counter() - start < 5
+
+
+def test_a_folder_without_config_or_safetensors_names_what_is_missing(tiny, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(models.ModelNotFound, match=r"lacks config.json and \*.safetensors weights.*save_pretrained"):
+        models.load(empty)
+    model, tok = tiny
+    pickled = tmp_path / "pickled"
+    model.config.save_pretrained(pickled)
+    tok.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # what older checkpoints ship
+    with pytest.raises(models.ModelNotFound, match=r"lacks \*.safetensors weights \(it has pytorch_model.bin"):
+        models.load(pickled)
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     return models.load(models.SMOLLM2)

@@ -39,8 +39,17 @@ def load_profile(profile: str) -> dict[str, Any]:
     """The whole parameter file of a profile, as a dict with ``stages`` and ``notebooks``."""
     check_profile(profile)
     path = paths.PARAMS / f"{profile}.yaml"
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{paths.show(path)}, line {mark.line + 1}, column {mark.column + 1}" if mark else paths.show(path)
+        problem = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise ConfigError(f"profile {profile!r} is not valid YAML: {where}: {problem}; fix that line "
+                          "(indentation, a missing ':' or an unclosed bracket are the usual causes)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{paths.show(path)} must be a mapping with 'stages' and 'notebooks', got {type(data).__name__}")
     for key in ("stages", "notebooks"):
         data.setdefault(key, {})
     return data

@@ -121,8 +121,12 @@ def load(name_or_path: str | Path, dtype=None, attn_implementation: str | None =
     if looks_like_path and not Path(where).is_dir():
         raise ModelNotFound(f"no model folder at {where}: give a folder with config.json, the tokenizer and "
                             "*.safetensors, or a Hugging Face model id")
+    if Path(where).is_dir():
+        check_folder(Path(where))
     # Read at call time (huggingface_hub reads it once at import): offline, fail at once, not after retries.
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not Path(where).is_dir() and not offline and not hub_reachable():
+        offline = True  # no network: the cache is all there is, and asking the hub would retry for a minute
     try:
         tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(where, trust_remote_code=False, use_safetensors=True,
@@ -141,6 +145,36 @@ def load(name_or_path: str | Path, dtype=None, attn_implementation: str | None =
     model.config.use_cache = True
     model.eval()
     return model, tok
+
+
+def check_folder(folder: Path) -> None:
+    """A model folder needs config.json and safetensors weights: say which is missing and how to make them."""
+    missing = []
+    if not (folder / "config.json").exists():
+        missing.append("config.json")
+    if not list(folder.glob("*.safetensors")):
+        other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        missing.append("*.safetensors weights" + (f" (it has {', '.join(other)}, which are not read: pickled weights "
+                                                  "can run code)" if other else ""))
+    if missing:
+        raise ModelNotFound(f"model folder {folder} lacks {' and '.join(missing)}. Make one with "
+                            "`model.save_pretrained(folder, safe_serialization=True)` and "
+                            "`tokenizer.save_pretrained(folder)` (transformers), then pass that folder.")
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """Whether the model hub answers a TCP connection within ``timeout`` seconds (a closed network
+    fails here in milliseconds to seconds, where the hub client retries with backoff for a minute)."""
+    import socket
+
+    endpoint = os.environ.get("HF_ENDPOINT", "")
+    if endpoint:
+        host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def save(model, tokenizer, folder: Path) -> None:

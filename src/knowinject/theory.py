@@ -155,13 +155,14 @@ def finetune(model: OneLayerAttention, world: World, facts: pd.DataFrame, cfg: T
 
 @torch.no_grad()
 def measure(model: OneLayerAttention, world: World, facts: pd.DataFrame) -> pd.DataFrame:
-    """Per fact: correct (argmax over every answer), subject attention, generic wrong answer, salience."""
+    """Per fact: correct (argmax over every answer), attention on the subject and on the relation token
+    (they sum to 1: the relation position attends to these two), generic wrong answer, salience."""
     s = torch.tensor(facts.subject.to_numpy())
     rel = facts.relation.to_numpy()
     logits, att = model(s, torch.as_tensor(world.relation_ids[rel]))
     pred = world.answer_ids[logits.argmax(-1).numpy()]
     correct = pred == facts.answer.to_numpy()
-    return facts.assign(correct=correct, subject_attention=att[:, 0].numpy(),
+    return facts.assign(correct=correct, subject_attention=att[:, 0].numpy(), relation_attention=att[:, 1].numpy(),
                         generic=(pred == world.generic[rel]) & ~correct,
                         salience=model.salience(s, torch.tensor(facts.answer.to_numpy())).numpy())
 
@@ -230,13 +231,14 @@ def run_all(cfg: TheoryConfig, profile: str | None = None) -> pd.DataFrame:
     def make() -> pd.DataFrame:
         return pd.concat([run_seed(cfg, s) for s in cfg.seeds], ignore_index=True)
 
-    return cached_table(paths.RUNS, "theory", {"theory": asdict(cfg), "v": 1}, make, "theory.jsonl",
+    return cached_table(paths.RUNS, "theory", {"theory": asdict(cfg), "v": 2}, make, "theory.jsonl",
                         profile=profile)
 
 
 # --- summaries and claims ---------------------------------------------------------------------------------------
 
 METRICS = {"correct": "accuracy on test facts", "subject_attention": "attention on the subject token",
+           "relation_attention": "attention on the relation token",
            "generic": "wrong answers equal to the relation's generic answer", "salience": "factual salience"}
 
 
