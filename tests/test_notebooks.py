@@ -182,3 +182,151 @@ def test_figures_notebook_runs_from_committed_results_alone(tmp_path):
     assert (data / "results" / "findings.csv").read_text() == (committed / "findings.csv").read_text()
     made = {p.name for p in (tmp_path / "figures").glob("*.png")}
     assert made == {p.name for p in (paths.ROOT / "figures").glob("*.png")}
+
+
+def test_study_b_grid_on_ray_gives_the_in_process_tables(smoke_run, tmp_path):
+    """Notebook 05's tiny grid as Ray tasks on a local instance with 2 workers, into a fresh run cache:
+    the same accuracy tables, byte for byte, as the in-process smoke run; float tables (losses,
+    attention) to 1e-4, since a task trains with 1 thread where the notebook used every core."""
+    import shutil
+
+    import numpy as np
+    import papermill
+
+    data = tmp_path / "data"
+    for sub in ("worlds", "models"):  # the world and the pretrained tiny model, but none of the runs
+        shutil.copytree(smoke_run / "data" / sub, data / sub)
+    env = {"KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
+           "KNOWINJECT_EXECUTOR": "ray", "KNOWINJECT_RAY_CPUS": "2"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        papermill.execute_notebook(str(paths.NOTEBOOKS / "05_study_b.ipynb"), str(tmp_path / "05.ipynb"),
+                                   parameters={"profile": "smoke", "track_names": "tiny", "replicate": False},
+                                   kernel_name="python3", progress_bar=False, cwd=str(paths.NOTEBOOKS))
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    out = tmp_path / "05.ipynb"
+    assert "Ray tasks" in out.read_text(), "the grid did not run on Ray"
+    ray_results, local = data / "results" / "smoke", _results(smoke_run)
+    from knowinject import study_b
+    from knowinject.config import build, stage_params
+    cfg = build(study_b.StudyBConfig, stage_params("smoke", "study_b_tiny"), "study_b_tiny")
+    assert len(list((data / "runs").glob("study-b-tiny-*"))) == 1 + len(cfg.seeds) * len(cfg.conditions)
+    for name in ("study_b_accuracy.csv", "study_b_by_level.csv"):
+        a = pd.read_csv(local / name)
+        a = a[a.track == "tiny"].reset_index(drop=True)
+        assert pd.read_csv(ray_results / name).to_csv(index=False) == a.to_csv(index=False), name
+    for name in ("study_b_fit.csv", "study_b_mechanism.csv"):
+        a = pd.read_csv(local / name)
+        a = a[a.track == "tiny"].reset_index(drop=True)
+        b = pd.read_csv(ray_results / name)
+        num = [c for c in a.columns if a[c].dtype.kind == "f" and c not in ("seconds", "tokens_per_s")]
+        assert b.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore").equals(
+            a.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore")), name
+        np.testing.assert_allclose(b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-4, atol=1e-6)
+
+
+def _chromium() -> str | None:
+    import shutil
+    return os.environ.get("KNOWINJECT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_figures_notebook_runs_in_jupyterlab_in_a_real_browser(tmp_path):
+    """JupyterLab serves 06_figures.ipynb to headless Chromium (driven by Playwright); every cell runs
+    from the committed results, the figures render as images and no cell shows an error."""
+    import shutil
+    import socket
+    import time
+
+    browser_path = _chromium()
+    if browser_path is None:
+        if os.environ.get("KNOWINJECT_REQUIRE_BROWSER") == "1":
+            pytest.fail("KNOWINJECT_REQUIRE_BROWSER=1 but no Chromium: `apt-get install chromium`")
+        pytest.skip("no Chromium here: install it (`sudo apt-get install chromium`, or set KNOWINJECT_CHROMIUM to a "
+                    "Chromium binary) to run the JupyterLab browser check")
+    from playwright.sync_api import sync_playwright
+
+    committed = paths.ROOT / "data" / "results"
+    if not (committed / "study_a_claims.csv").exists():
+        pytest.skip("no committed default results yet")
+    data, root = tmp_path / "data", tmp_path / "lab"
+    shutil.copytree(committed, data / "results", ignore=shutil.ignore_patterns("smoke", "full"))
+    root.mkdir()
+    # The notebook as a reader opens it, with the README left alone (a test must not write to the repo).
+    nb = nbformat.read(paths.NOTEBOOKS / "06_figures.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = params.source.replace("update_readme: bool = True", "update_readme: bool = False")
+    params.source = params.source.replace('profile: str = "smoke"', 'profile: str = "default"')
+    nbformat.write(nb, root / "06_figures.ipynb")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "knowinject-browser-check"
+    env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")}
+    # Every cell stays in the page (JupyterLab 4 otherwise renders only the cells in view), so every
+    # figure can be checked as an image the browser decoded.
+    tracker = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+                            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                            "--LabApp.expose_app_in_browser=True", "--ServerApp.open_browser=False",
+                            "--ServerApp.allow_root=True"],  # CI containers run as root
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert lab.poll() is None, lab.stdout.read()[-3000:]
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/lab/tree/06_figures.ipynb?token={token}", timeout=120_000)
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                                   " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
+                                   timeout=120_000)
+            page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready")
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            # Done when every code cell has an execution count and the kernel is idle.
+            page.wait_for_function("""() => {
+                const w = window.jupyterapp.shell.currentWidget;
+                const cells = w.content.widgets.filter(c => c.model.type === 'code');
+                return w.sessionContext.session.kernel.status === 'idle'
+                    && cells.every(c => c.model.executionCount !== null && c.model.executionCount > 0);
+            }""", timeout=300_000, polling=1000)
+            report = page.evaluate("""() => {
+                const w = window.jupyterapp.shell.currentWidget;
+                const cells = w.content.widgets.filter(c => c.model.type === 'code');
+                const errors = [];
+                cells.forEach((c, i) => c.model.outputs.toJSON().forEach(o => {
+                    if (o.output_type === 'error') errors.push(i + ': ' + o.ename + ': ' + o.evalue);
+                }));
+                const pngs = cells.reduce((n, c) => n + c.model.outputs.toJSON().filter(
+                    o => o.data && o.data['image/png']).length, 0);
+                const imgs = Array.from(w.content.node.querySelectorAll('.jp-OutputArea-output img'));
+                return {cells: cells.length, errors, pngs,
+                        images: imgs.length, rendered: imgs.filter(im => im.complete && im.naturalWidth > 100).length};
+            }""")
+            page.screenshot(path=str(tmp_path / "lab.png"))
+            browser.close()
+    finally:
+        lab.terminate()
+        try:
+            lab.wait(20)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+    assert not report["errors"], report["errors"]
+    n_figures = len(list((paths.ROOT / "figures").glob("*.png")))
+    assert report["pngs"] >= n_figures - 1, report  # every figure of figures/ (bench.png only with bench.csv)
+    assert report["images"] == report["pngs"] and report["rendered"] == report["images"], report

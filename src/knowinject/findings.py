@@ -141,16 +141,17 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(table: pd.DataFrame, profile: str) -> pd.DataFrame:
-    """``findings.csv`` and ``findings.md`` in the profile's results folder, rows in claim order."""
+def write(table: pd.DataFrame, profile: str, model: str | None = None) -> pd.DataFrame:
+    """``findings.csv`` and ``findings.md`` in the profile's (and model's) results folder, rows in claim order."""
     missing = [c for c in COLUMNS if c not in table]
     if missing:
         raise ValueError(f"findings table lacks columns {missing}")
     order = {t: f"{i}" for i, t in enumerate(TRACK_ORDER)}
     table = table[COLUMNS].sort_values(["claim", "track"], key=lambda s: s.map(lambda v: order.get(v, f"9{v}")
                                        if s.name == "track" else str(v))).reset_index(drop=True)
-    out = paths.results_dir(profile)
-    save_table(table, out / "findings.csv", profile=profile, made_from=["study_a_claims.csv", "study_b_claims.csv"])
+    out = paths.results_dir(profile, model)
+    save_table(table, out / "findings.csv", profile=profile, made_from=["study_a_claims.csv", "study_b_claims.csv"],
+               **({"model": model} if model else {}))
     (out / "findings.md").write_text(markdown(table))
     return table
 

@@ -74,6 +74,8 @@ class FinetuneResult:
     padded_tokens: int         # positions processed including padding (the waste)
     seconds: float
     precision: str
+    processes: int = 1         # data-parallel processes (accelerate launch); tokens above are global
+    local_rows: int = 0        # rows this process ran forward and backward (a share of the global batches)
 
     @property
     def tokens_per_s(self) -> float:
@@ -280,10 +282,13 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, round(cfg.warmup_ratio * total)))
-    wrapped, opt, sched = accelerator.prepare(loss_module(model), opt, sched)
+    # The scheduler stays outside accelerator.prepare: its wrapper steps once per process, which under
+    # DDP would run the schedule num_processes times too fast. Every process steps it once per step.
+    wrapped, opt = accelerator.prepare(loss_module(model), opt)
+    world, rank = accelerator.num_processes, accelerator.process_index
 
     log, epoch_loss = [], []
-    tokens = loss_tokens = padded = step = 0
+    tokens = loss_tokens = padded = step = local_rows = 0
     start = time.perf_counter()
     bar = tqdm(total=total, desc=f"{cfg.method} finetune", disable=not progress or not accelerator.is_main_process,
                mininterval=2.0)
@@ -297,14 +302,21 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
                     break
                 batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
                 n_loss = int((batch["labels"][:, 1:] != -100).sum())
-                batch = {k: batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "position_ids", "labels")}
-                with autocast:
-                    loss = wrapped(**batch)
-                accelerator.backward(loss)
+                if world == 1:
+                    batch = {k: batch[k].to(accelerator.device) for k in STEP_KEYS}
+                    with autocast:
+                        loss = wrapped(**batch)
+                    accelerator.backward(loss)
+                    value = float(loss.detach())
+                    local_rows += len(idx)
+                else:
+                    value = _distributed_step(wrapped, accelerator, autocast, encoded, idx, tokenizer.pad_token_id,
+                                              n_loss, world, rank)
+                    batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
+                    local_rows += len(idx[rank::world])
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                value = float(loss.detach())
                 sum_loss += value * n_loss
                 sum_n += n_loss
                 tokens += int(batch["attention_mask"].sum())
@@ -325,10 +337,34 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
     model.eval()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = True  # training turned it off; generation needs it (6-10x faster)
-    result = FinetuneResult(pd.DataFrame(log), epoch_loss, tokens, loss_tokens, padded, seconds, precision)
-    if out_dir is not None:
+    result = FinetuneResult(pd.DataFrame(log), epoch_loss, tokens, loss_tokens, padded, seconds, precision, world,
+                            local_rows)
+    if out_dir is not None and accelerator.is_main_process:
         save_run(model, tokenizer, cfg, result, Path(out_dir))
+    accelerator.wait_for_everyone()
     return model, result
+
+
+STEP_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
+
+
+def _distributed_step(wrapped, accelerator, autocast, encoded, idx, pad_id: int, n_global: int, world: int,
+                      rank: int) -> float:
+    """One step's forward and backward on this process's rows of the global batch (rows rank, rank +
+    world, ...): the summed loss, scaled so that DDP's gradient average equals the gradient of the
+    global batch's mean loss. Returns that mean loss (all processes agree on it)."""
+    mine = idx[rank::world]
+    empty = len(mine) == 0
+    if empty:  # a last batch smaller than the world: take part in the all-reduce with a zero loss
+        mine = idx[:1]
+    batch = collate([encoded[i] for i in mine], pad_id)
+    batch = {k: batch[k].to(accelerator.device) for k in STEP_KEYS}
+    with autocast:
+        total = wrapped(**batch, reduction="sum")
+    scale = 0.0 if empty else world / max(n_global, 1)
+    accelerator.backward(total * scale)
+    summed = accelerator.reduce(total.detach().float() * (0.0 if empty else 1.0), reduction="sum")
+    return float(summed) / max(n_global, 1)
 
 
 def _call_at_checkpoint(fn, epoch: int, model) -> None:
@@ -351,3 +387,41 @@ def save_run(model, tokenizer, cfg: FinetuneConfig, result: FinetuneResult, out_
     tokenizer.save_pretrained(out_dir / "model")
     result.log.to_csv(out_dir / "loss_log.csv", index=False)
     (out_dir / "train_summary.json").write_text(json.dumps({"config": asdict(cfg), **result.summary()}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One finetune from the command line, so ``accelerate launch`` can run it on several processes:
+    ``accelerate launch --multi_gpu --num_processes 4 -m knowinject.finetune --model FOLDER
+    --examples train.jsonl --out runs/my-run --method lora --epochs 3``."""
+    import argparse
+
+    from . import models
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help='"smollm2", a local model folder, or a Hugging Face id')
+    ap.add_argument("--examples", required=True, type=Path, help="JSON Lines: prompt/completion, messages or text")
+    ap.add_argument("--out", type=Path, help="save the adapter or model, loss_log.csv and train_summary.json here")
+    ap.add_argument("--method", choices=("lora", "full"), default="lora")
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--lr", type=float, default=None, help="default: 3e-3 for LoRA, 3e-4 for full finetuning")
+    ap.add_argument("--batch-size", type=int, default=8, help="the global batch, split over the processes")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=10, help="optimizer steps between loss-log rows")
+    args = ap.parse_args(argv)
+    if not args.examples.exists():
+        ap.error(f"--examples {args.examples} does not exist")
+    examples = pd.read_json(args.examples, lines=True).to_dict("records")
+    cfg = FinetuneConfig(method=args.method, epochs=args.epochs, lr=args.lr or (3e-3 if args.method == "lora" else 3e-4),
+                         batch_size=args.batch_size, precision=args.precision, seed=args.seed,
+                         log_every=args.log_every)
+    model, tok = models.load(args.model)
+    _, result = finetune(model, tok, examples, cfg, args.out, progress=False)
+    from accelerate import PartialState
+    if PartialState().is_main_process:
+        print(json.dumps({"processes": result.processes, "local_rows": result.local_rows, **result.summary()}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -9,8 +9,10 @@ Usage: ``model, tok = models.load("smollm2")``; ``models.load("/path/to/llama-fo
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +100,52 @@ def resolve(name_or_path: str | Path) -> str:
     if str(name_or_path) == SMOLLM2:
         return str(smollm2_dir())
     return str(name_or_path)
+
+
+def slug(name_or_path: str | Path) -> str:
+    """The name a model's results are filed under: ``smollm2``; a folder by its name, a hub id
+    ``org/Name`` as ``org-name`` (lower case, anything but letters, digits, dots and dashes -> ``-``)."""
+    name = str(name_or_path)
+    if name == SMOLLM2:
+        return SMOLLM2
+    path = Path(name).expanduser()
+    looks_like_path = path.is_dir() or name.startswith(("/", ".", "~")) or name.strip("/").count("/") > 1
+    base = path.resolve().name if looks_like_path else name.strip("/")  # a hub id keeps its organisation
+    if looks_like_path and base == "model":  # a run's saved model (data/models/tiny-<hash>/model): name the run
+        base = path.resolve().parent.name
+    out = re.sub(r"[^a-z0-9.]+", "-", base.lower()).strip("-.")
+    if not out:
+        raise ValueError(f"cannot name results after model {name!r}: give a folder or hub id with a name")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identity(name_or_path: str | Path) -> dict:
+    """What a result table records about the model it came from: the name given, where it was read,
+    its config's architecture and size, and a sha256 of every safetensors weights file (a hub id not
+    in a local folder is recorded by its id and, when cached, its config only)."""
+    import json
+
+    name = str(name_or_path)
+    where = Path(resolve(name)).expanduser()
+    out = {"model": name, "slug": slug(name), "path": str(where) if where.is_dir() else None}
+    if not where.is_dir():
+        return out
+    config = json.loads((where / "config.json").read_text()) if (where / "config.json").exists() else {}
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+            "intermediate_size", "torch_dtype", "dtype")
+    out["architecture"] = (config.get("architectures") or [None])[0]
+    out["config"] = {k: config[k] for k in keys if k in config}
+    out["weights_sha256"] = {p.name: _sha256(p) for p in sorted(where.glob("*.safetensors"))}
+    out["weights_bytes"] = sum(p.stat().st_size for p in where.glob("*.safetensors"))
+    return out
 
 
 def default_attention() -> str:

@@ -33,14 +33,29 @@ def ensure(path: Path) -> Path:
     return path
 
 
-def figures_dir(profile: str) -> Path:
-    """Committed figures come from the default profile; other profiles write beside them, not over them."""
-    return ensure(FIGURES if profile == "default" else FIGURES / profile)
+DEFAULT_MODEL = "smollm2"  # the pretrained track's committed model; any other gets its own subfolder
 
 
-def results_dir(profile: str) -> Path:
-    """Committed result tables come from the default profile; other profiles write to a subfolder."""
-    return ensure(RESULTS if profile == "default" else RESULTS / profile)
+def _subfolder(root: Path, profile: str, model: str | None) -> Path:
+    if model and model != DEFAULT_MODEL:
+        from .models import slug  # models imports paths: resolve the slug lazily
+        folder = root / profile / slug(model)  # data/results/<profile>/<slug>/, default profile included
+    else:
+        folder = root if profile == "default" else root / profile
+    return ensure(folder)
+
+
+def figures_dir(profile: str, model: str | None = None) -> Path:
+    """Committed figures come from the default profile and SmolLM2; other profiles write beside them
+    (``figures/<profile>/``), and another pretrained model below that (``.../<model-slug>/``)."""
+    return _subfolder(FIGURES, profile, model)
+
+
+def results_dir(profile: str, model: str | None = None) -> Path:
+    """Committed result tables come from the default profile and SmolLM2; another profile writes to
+    ``data/results/<profile>/``, another pretrained model to ``data/results/<profile>/<model-slug>/``
+    (``data/results/default/<model-slug>/`` for the default profile), never over SmolLM2's tables."""
+    return _subfolder(RESULTS, profile, model)
 
 
 def show(path: Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless under papermill; Jupyter's inline backend still shows returned figures
+matplotlib.use("Agg")  # headless, and no implicit figure display at the end of a notebook cell
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -23,8 +23,34 @@ sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
 PALETTE = sns.color_palette("colorblind")
 
 
-def save(fig, name: str, profile: str) -> list[str]:
-    out = paths.figures_dir(profile)
+def _show_figures_as_png() -> None:
+    """In a notebook, ``display(fig)`` shows the figure as a PNG. Under the Agg backend nothing
+    registers that (the inline backend would, but it also shows every open figure a second time),
+    so an executed notebook held only "<Figure ...>" text; JupyterLab's browser check found it."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    import io
+
+    from matplotlib.figure import Figure
+
+    def png(fig: Figure) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
+
+
+_show_figures_as_png()
+
+
+def save(fig, name: str, profile: str, model: str | None = None) -> list[str]:
+    out = paths.figures_dir(profile, model)
     files = []
     for ext in ("png", "pdf"):
         path = out / f"{name}.{ext}"
@@ -153,6 +179,12 @@ def slick_by_popularity(table: pd.DataFrame, title: str):
 TRACK_TITLES = {"smollm2": "SmolLM2-135M-Instruct (LoRA)", "tiny": "tiny GPT pretrained here (full)"}
 
 
+def model_title(model_name: str) -> str:
+    """How figures name the pretrained track's model: SmolLM2 by its full name, any other by its slug."""
+    from .models import SMOLLM2, slug
+    return "SmolLM2-135M-Instruct" if model_name == SMOLLM2 else slug(model_name)
+
+
 def _bars(ax, df: pd.DataFrame, x: str, hue: str, order=None, hue_order=None, value: str = "mean"):
     """Grouped bars with 95% interval whiskers from a tidy summary (mean, ci_low, ci_high)."""
     order = order or list(dict.fromkeys(df[x]))
@@ -171,15 +203,20 @@ def _bars(ax, df: pd.DataFrame, x: str, hue: str, order=None, hue_order=None, va
 def _finish(fig, axes, ylabel: str, title: str, legend_title: str | None = None):
     """Shared finish of the one-column-per-track figures: y label, one legend, title."""
     axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(title=legend_title, fontsize=8)
+    if axes[0][-1].get_legend_handles_labels()[0]:  # a figure without data has nothing to label
+        axes[0][-1].legend(title=legend_title, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def _track_axes(tracks, width=5.0, height=3.6, rows=1):
-    fig, axes = plt.subplots(rows, len(tracks), figsize=(width * len(tracks), height * rows), squeeze=False,
-                             sharey="row")
+    """One column per track; with no track (a model whose runs gave nothing to plot, e.g. no 2-hop item
+    whose second hop it answers) one empty panel that says so, rather than an error."""
+    fig, axes = plt.subplots(rows, max(len(tracks), 1), figsize=(width * max(len(tracks), 1), height * rows),
+                             squeeze=False, sharey="row")
+    if not tracks:
+        axes[0][0].text(0.5, 0.5, "no data for this figure", ha="center", va="center", transform=axes[0][0].transAxes)
     return fig, axes
 
 

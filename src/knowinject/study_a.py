@@ -338,12 +338,24 @@ def run_all(track, world, cfg: StudyAConfig, profile: str | None = None, progres
             claims_only: bool = False) -> list[Path]:
     """The base evaluations and every cell of the grid (``claims_only``: the cells the claims read,
     for every seed: how a replication re-measures the claims)."""
-    from tqdm.auto import tqdm
+    import functools
+
+    from . import executor
 
     inp = Inputs(world)
     cells = [c for s in cfg.all_seeds for c in claim_cells(cfg, s)] if claims_only else grid(cfg)
     jobs = base_cells(cfg) + list(dict.fromkeys(cells))
-    return [run_cell(track, c, inp, cfg, profile) for c in tqdm(jobs, desc=f"study A {track.name}", disable=not progress)]
+    return executor.map_runs(functools.partial(_run_job, track, inp, cfg, profile), jobs, desc=f"study A {track.name}",
+                             progress=progress, gpu=_needs_gpu(track))
+
+
+def _run_job(track, inp, cfg, profile, cell):
+    return run_cell(track, cell, inp, cfg, profile)
+
+
+def _needs_gpu(track) -> bool:
+    import torch
+    return torch.cuda.is_available() and track.name == "smollm2"
 
 
 # --- collection, summaries and claims -------------------------------------------------------------------------

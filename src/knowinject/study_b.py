@@ -312,16 +312,27 @@ def run(track, world_name: str, pool: pd.DataFrame, items: pd.DataFrame, few_sho
 def run_all(track, world, pool, test, qa, cfg: StudyBConfig, profile: str | None = None,
             progress: bool = True) -> list[Path]:
     """The base evaluation and every (condition, seed) run of one track; finished runs are reused."""
-    from tqdm.auto import tqdm
+    import functools
+
+    from . import executor
 
     items = test_items(test, qa, track.unseen_phrasing, cfg.data_seed)
     pool_qa = qa[qa.fact_id.isin(pool.fact_id) & (qa.template_split == "train")]
     few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
     jobs = [("base", 0)] + [(c, s) for s in cfg.seeds for c in cfg.conditions]
-    folders = []
-    for condition, seed in tqdm(jobs, desc=f"study B {track.name}", disable=not progress):
-        folders.append(run(track, world.folder.name, pool, items, few_shot, qa, condition, seed, cfg, profile))
-    return folders
+    job = functools.partial(_run_job, track, world.folder.name, pool, items, few_shot, qa, cfg, profile)
+    return executor.map_runs(job, jobs, desc=f"study B {track.name}", progress=progress,
+                             gpu=torch_cuda() and track.name == "smollm2")
+
+
+def _run_job(track, world_name, pool, items, few_shot, qa, cfg, profile, job):
+    condition, seed = job
+    return run(track, world_name, pool, items, few_shot, qa, condition, seed, cfg, profile)
+
+
+def torch_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 @dataclass

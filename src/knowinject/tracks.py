@@ -71,6 +71,12 @@ def make(name: str, world: WorldFiles, profile: str, model_name: str = "smollm2"
     return build(Track, {"name": name, "model": model, **params}, f"track_{name}")
 
 
+def label(name: str, model_name: str = models.SMOLLM2) -> str:
+    """The name a track's rows carry in result tables: ``tiny``; the pretrained track as ``smollm2`` or,
+    for another model, that model's slug (so a table never files a Llama under SmolLM2)."""
+    return name if name == "tiny" or model_name == models.SMOLLM2 else models.slug(model_name)
+
+
 def load_base(track: Track):
     """(model, tokenizer) in the dtype its finetuning trains against.
 

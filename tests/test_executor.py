@@ -1,0 +1,70 @@
+"""Which executor computes a grid's runs, and the claim that keeps two workers from computing one run."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import time
+
+import pytest
+
+from knowinject import executor, runs
+
+
+def _slow_count(counter, tmp):
+    with open(counter, "a") as f:
+        f.write("x")
+    time.sleep(1.5)
+    (tmp / "out.txt").write_text("done")
+
+
+def _worker(root, counter):
+    runs.cached_run(root, "shared", {"a": 1}, lambda tmp: _slow_count(counter, tmp), verbose=False)
+
+
+def test_two_processes_compute_a_run_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    counter = tmp_path / "computed"
+    procs = [ctx.Process(target=_worker, args=(tmp_path / "runs", counter)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert counter.read_text() == "x", "the second worker recomputed a run the first had claimed"
+    folder = tmp_path / "runs" / runs.run_id("shared", {"a": 1})
+    assert (folder / "out.txt").read_text() == "done" and not list((tmp_path / "runs").glob("*.claim"))
+
+
+def test_a_dead_workers_claim_is_taken_over(tmp_path):
+    import json
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = tmp_path / "runs"
+    root.mkdir()
+    folder = root / runs.run_id("r", {"b": 2})
+    folder.with_name(folder.name + ".claim").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": dead.pid, "time": time.time()}))
+    start = time.perf_counter()
+    out = runs.cached_run(root, "r", {"b": 2}, lambda tmp: (tmp / "x").write_text("1"), verbose=False)
+    assert (out / "x").exists() and time.perf_counter() - start < 10
+
+
+def test_executor_is_chosen_by_environment(monkeypatch):
+    monkeypatch.delenv("KNOWINJECT_EXECUTOR", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert executor.name() == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert executor.name() == "ray"
+    monkeypatch.setenv("KNOWINJECT_EXECUTOR", "local")
+    assert executor.name() == "local"
+    monkeypatch.setenv("KNOWINJECT_EXECUTOR", "dask")
+    with pytest.raises(ValueError, match="EXECUTOR=ray"):
+        executor.name()
+
+
+def test_local_executor_keeps_order():
+    assert executor.map_runs(lambda x: x * x, [3, 1, 2], progress=False) == [9, 1, 4]
