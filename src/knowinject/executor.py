@@ -30,6 +30,12 @@ def name() -> str:
     return chosen
 
 
+def needs_gpu(track) -> bool:
+    """Whether a track's runs ask Ray for a GPU: the pretrained track, on a machine with CUDA."""
+    import torch
+    return torch.cuda.is_available() and track.name == "smollm2"
+
+
 def _env_vars() -> dict[str, str]:
     # The tasks must read and write the same data folders and see the same offline settings.
     keep = ("KNOWINJECT_DATA", "KNOWINJECT_FIGURES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")

@@ -346,16 +346,12 @@ def run_all(track, world, cfg: StudyAConfig, profile: str | None = None, progres
     cells = [c for s in cfg.all_seeds for c in claim_cells(cfg, s)] if claims_only else grid(cfg)
     jobs = base_cells(cfg) + list(dict.fromkeys(cells))
     return executor.map_runs(functools.partial(_run_job, track, inp, cfg, profile), jobs, desc=f"study A {track.name}",
-                             progress=progress, gpu=_needs_gpu(track))
+                             progress=progress, gpu=executor.needs_gpu(track))
 
 
 def _run_job(track, inp, cfg, profile, cell):
     return run_cell(track, cell, inp, cfg, profile)
 
-
-def _needs_gpu(track) -> bool:
-    import torch
-    return torch.cuda.is_available() and track.name == "smollm2"
 
 
 # --- collection, summaries and claims -------------------------------------------------------------------------

@@ -321,18 +321,13 @@ def run_all(track, world, pool, test, qa, cfg: StudyBConfig, profile: str | None
     few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
     jobs = [("base", 0)] + [(c, s) for s in cfg.seeds for c in cfg.conditions]
     job = functools.partial(_run_job, track, world.folder.name, pool, items, few_shot, qa, cfg, profile)
-    return executor.map_runs(job, jobs, desc=f"study B {track.name}", progress=progress,
-                             gpu=torch_cuda() and track.name == "smollm2")
+    return executor.map_runs(job, jobs, desc=f"study B {track.name}", progress=progress, gpu=executor.needs_gpu(track))
 
 
 def _run_job(track, world_name, pool, items, few_shot, qa, cfg, profile, job):
     condition, seed = job
     return run(track, world_name, pool, items, few_shot, qa, condition, seed, cfg, profile)
 
-
-def torch_cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
 
 
 @dataclass
