@@ -66,5 +66,33 @@ def test_executor_is_chosen_by_environment(monkeypatch):
         executor.name()
 
 
-def test_local_executor_keeps_order():
+def test_local_executor_keeps_order(monkeypatch):
+    monkeypatch.setenv("KNOWINJECT_WORKERS", "1")  # in this process: a lambda needs no pickling
     assert executor.map_runs(lambda x: x * x, [3, 1, 2], progress=False) == [9, 1, 4]
+
+
+def _square_and_threads(x):
+    import os
+
+    import torch
+    return x * x, os.getpid(), torch.get_num_threads()
+
+
+def test_local_workers_are_other_processes_and_share_the_cores(monkeypatch):
+    import os
+
+    monkeypatch.setenv("KNOWINJECT_WORKERS", "2")
+    monkeypatch.delenv("KNOWINJECT_EXECUTOR", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = executor.map_tasks(_square_and_threads, [3, 1, 2, 5], costs=[1, 9, 2, 4], progress=False)
+    assert [o[0] for o in out] == [9, 1, 4, 25]  # in the order given, whatever order they ran in
+    assert os.getpid() not in {o[1] for o in out}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert {o[2] for o in out} == {max(1, cores // 2)}
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_workers_setting_says_what_to_give(monkeypatch, value):
+    monkeypatch.setenv("KNOWINJECT_WORKERS", value)
+    with pytest.raises(ValueError, match="whole number >= 1.*WORKERS=2"):
+        executor.workers()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from . import scoring
+from .config import require
 from .finetune import CausalLMLoss, encode_prompt
 
 
@@ -45,16 +46,30 @@ def newline_token_ids(tokenizer) -> list[int]:
     return cached
 
 
-def _batches(lengths, batch_size):
+def _batches(lengths, batch_size, routes=None):
+    """Index batches of similar lengths; with ``routes``, each batch's rows ordered by slot, so that every
+    adapter's rows are one contiguous block (the order of rows within a batch changes no result)."""
     order = np.argsort(lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if routes is not None:
+        batches = [b[np.argsort([routes[i] for i in b], kind="stable")] for b in batches]
+    return batches
+
+
+def _routed(routes, rows):
+    """The routing of a batch whose rows are ``rows`` (no routing without ``routes``)."""
+    import contextlib
+
+    from .kernels import routed
+    return contextlib.nullcontext() if routes is None else routed([routes[i] for i in rows])
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 32,
-             chat: bool = False, temperature: float | None = None, seed: int = 0) -> list[str]:
+             chat: bool = False, temperature: float | None = None, seed: int = 0, routes=None) -> list[str]:
     """Continuations of ``prompts``, each cut at its first newline: greedy, or sampled at
-    ``temperature`` (plain softmax sampling, seeded) when one is given."""
+    ``temperature`` (plain softmax sampling, seeded) when one is given. ``routes`` (one adapter slot per
+    prompt, :mod:`knowinject.grouped`) evaluates many adapters over one base in the same batches."""
     sampling = {} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     if temperature is not None:
         torch.manual_seed(seed)
@@ -68,11 +83,12 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, bat
     # finetuning 6x slower (8.7 s vs 1.5 s for 56 prompts, measured). Keeping every prefill logit
     # (logits_to_keep=0) avoids the slice; decoding steps are unaffected.
     keep = {"logits_to_keep": 0} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
-    for idx in _batches([len(e) for e in encoded], batch_size):
+    for idx in _batches([len(e) for e in encoded], batch_size, routes):
         ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                             **keep, **(sampling or {"do_sample": False}))
+        with _routed(routes, idx):
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                                 eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True,
+                                 **keep, **(sampling or {"do_sample": False}))
         for row, i in enumerate(idx):
             text = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
             out[i] = text.split("\n", 1)[0]
@@ -80,9 +96,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, bat
 
 
 def score_qa(model, tokenizer, items: pd.DataFrame, prefix: str = "", max_new_tokens: int = 12,
-             batch_size: int = 32) -> pd.DataFrame:
+             batch_size: int = 32, routes=None) -> pd.DataFrame:
     """``items`` with ``prediction``, ``em`` and ``contains`` columns (one row per item)."""
-    preds = generate(model, tokenizer, [prefix + p for p in items.prompt], max_new_tokens, batch_size)
+    preds = generate(model, tokenizer, [prefix + p for p in items.prompt], max_new_tokens, batch_size, routes=routes)
     out = items.copy()
     out["prediction"] = preds
     out["em"] = [scoring.exact_match(p, a) for p, a in zip(preds, items.aliases)]
@@ -91,8 +107,8 @@ def score_qa(model, tokenizer, items: pd.DataFrame, prefix: str = "", max_new_to
 
 
 @torch.no_grad()
-def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: list[str], batch_size: int = 32
-                          ) -> np.ndarray:
+def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: list[str], batch_size: int = 32,
+                          routes=None) -> np.ndarray:
     """Summed log-probability of each continuation given its prompt (tokenised as in training)."""
     pairs = []
     for p, c in zip(prompts, continuations):
@@ -101,12 +117,13 @@ def continuation_logprobs(model, tokenizer, prompts: list[str], continuations: l
         pairs.append((pids + cids, len(cids)))
     out = np.zeros(len(pairs))
     device = next(model.parameters()).device
-    for idx in _batches([len(s) for s, _ in pairs], batch_size):
+    for idx in _batches([len(s) for s, _ in pairs], batch_size, routes):
         ids, mask = _left_pad([pairs[i][0] for i in idx], tokenizer.pad_token_id)
         n_last = max(pairs[i][1] for i in idx)
         # Left padding puts every continuation at the end: only the last n_last positions need the
         # vocabulary projection, which at 49k entries is most of the cost of a full forward.
-        lp = token_logprobs(model, ids.to(device), mask.to(device), last=n_last)
+        with _routed(routes, idx):
+            lp = token_logprobs(model, ids.to(device), mask.to(device), last=n_last)
         for row, i in enumerate(idx):
             n = pairs[i][1]
             out[i] = float(lp[row, -n:].sum())
@@ -152,8 +169,8 @@ def _width_groups(rows, min_rows: int = 16):
 
 
 @torch.no_grad()
-def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str]], batch_size: int = 32
-                    ) -> list[np.ndarray]:
+def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str]], batch_size: int = 32,
+                    routes=None) -> list[np.ndarray]:
     """Summed log-probability of each of a prompt's options (each scored as `` {option}``), one array
     per prompt; the same numbers as ``continuation_logprobs`` on every (prompt, option) pair.
 
@@ -168,18 +185,21 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
     conts = [[tokenizer(f" {o}", add_special_tokens=False).input_ids for o in opts] for opts in options]
     out = [np.zeros(len(c)) for c in conts]
     pad = tokenizer.pad_token_id
-    for idx in _batches([len(e) for e in encoded], batch_size):
+    for idx in _batches([len(e) for e in encoded], batch_size, routes):
         ids, mask = _left_pad([encoded[i] for i in idx], pad)
         ids, mask = ids.to(device), mask.to(device)
         cache = DynamicCache(config=parts.base.config)
-        first = F.log_softmax(_decoder_logits(parts, ids, mask, _position_ids(mask), cache,
-                                              (slice(None), -1)).float(), dim=-1)  # [prompts, vocab]
+        with _routed(routes, idx):
+            first = F.log_softmax(_decoder_logits(parts, ids, mask, _position_ids(mask), cache,
+                                                  (slice(None), -1)).float(), dim=-1)  # [prompts, vocab]
         # One row per (question, option), in question order; scores summed in float64.
         rows = [(q, c) for q, i in enumerate(idx) for c in conts[i]]
         lp = first[[q for q, _ in rows], [c[0] for _, c in rows]].double()
         prompt_len = mask.sum(1)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         for group in _width_groups([(r, q, c) for r, (q, c) in enumerate(rows) if len(c) > 1]):
+            if routes is not None:  # each adapter's rows together (row order changes no score)
+                group.sort(key=lambda row: routes[idx[row[1]]])
             width = max(len(c) for _, _, c in group)
             sel = torch.tensor([q for _, q, _ in group], device=device)
             branch = DynamicCache(config=parts.base.config)
@@ -190,8 +210,9 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
             omask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for _, _, c in group], device=device)
             positions = prompt_len[sel, None] + torch.arange(width - 1, device=device)[None]
             real = omask[:, 1:].bool()
-            logits = _decoder_logits(parts, oids[:, :-1], torch.cat([mask[sel], omask[:, :-1]], 1), positions,
-                                     branch, real)
+            with _routed(routes, [idx[q] for _, q, _ in group]):
+                logits = _decoder_logits(parts, oids[:, :-1], torch.cat([mask[sel], omask[:, :-1]], 1), positions,
+                                         branch, real)
             tok_lp = F.log_softmax(logits.float(), dim=-1).gather(-1, oids[:, 1:][real][:, None]).squeeze(-1)
             sums = torch.zeros(len(group), device=device).index_add_(0, real.nonzero()[:, 0], tok_lp)
             lp[[r for r, _, _ in group]] += sums.double()
@@ -201,14 +222,16 @@ def option_logprobs(model, tokenizer, prompts: list[str], options: list[list[str
 
 
 def score_multiple_choice(model, tokenizer, items: pd.DataFrame, batch_size: int = 32,
-                          shared_prompt: bool = True) -> pd.DataFrame:
+                          shared_prompt: bool = True, routes=None) -> pd.DataFrame:
     """``acc`` (summed log-likelihood) and ``acc_norm`` (divided by the option's length in bytes, as
     lm-evaluation-harness does) for each item. ``batch_size`` counts questions; with
     ``shared_prompt=False`` every (question, option) pair runs as a sequence of its own, ``batch_size``
     pairs at a time (lm-evaluation-harness's way, kept for the benchmark's comparison)."""
     if shared_prompt:
-        scores = option_logprobs(model, tokenizer, list(items.prompt), [list(o) for o in items.options], batch_size)
+        scores = option_logprobs(model, tokenizer, list(items.prompt), [list(o) for o in items.options], batch_size,
+                                 routes)
     else:
+        require(routes is None, "multiple choice with routes needs shared_prompt=True")
         prompts = [r.prompt for r in items.itertuples() for _ in r.options]
         lp = continuation_logprobs(model, tokenizer, prompts, [f" {o}" for r in items.itertuples() for o in r.options],
                                    batch_size)

@@ -76,6 +76,7 @@ class FinetuneResult:
     precision: str
     processes: int = 1         # data-parallel processes (accelerate launch); tokens above are global
     local_rows: int = 0        # rows this process ran forward and backward (a share of the global batches)
+    group_runs: float = 1.0    # runs that shared its steps, on average (knowinject.grouped); seconds are shared too
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,7 +86,7 @@ class FinetuneResult:
         return {"final_loss": self.epoch_loss[-1] if self.epoch_loss else None, "epoch_loss": self.epoch_loss,
                 "tokens": self.tokens, "loss_tokens": self.loss_tokens, "padded_tokens": self.padded_tokens,
                 "seconds": round(self.seconds, 2), "tokens_per_s": round(self.tokens_per_s, 1),
-                "precision": self.precision}
+                "precision": self.precision, "group_runs": round(self.group_runs, 2)}
 
 
 # --- encoding -----------------------------------------------------------------------------------------
@@ -181,7 +182,8 @@ class CausalLMLoss(torch.nn.Module):
         return self.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                        use_cache=False).last_hidden_state
 
-    def forward(self, input_ids, attention_mask, position_ids, labels, reduction="mean"):
+    def answer_logits(self, input_ids, attention_mask, position_ids, labels):
+        """(logits, targets) of the labelled positions, in row-major order (a row's positions together)."""
         targets = labels[:, 1:]
         mask = targets != -100
         if self.direct:
@@ -191,7 +193,11 @@ class CausalLMLoss(torch.nn.Module):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False)
             logits = out.logits[:, :-1][mask]
-        return F.cross_entropy(logits.float(), targets[mask], reduction=reduction)
+        return logits, targets[mask]
+
+    def forward(self, input_ids, attention_mask, position_ids, labels, reduction="mean"):
+        logits, targets = self.answer_logits(input_ids, attention_mask, position_ids, labels)
+        return F.cross_entropy(logits.float(), targets, reduction=reduction)
 
 
 def loss_module(model) -> CausalLMLoss:
@@ -244,6 +250,66 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 # --- the loop -------------------------------------------------------------------------------------------
 
+class RunProgress:
+    """One run's walk through its data: its own batch order (length-grouped, reshuffled every epoch from
+    its own seed), the length of its schedule and its loss bookkeeping. :func:`finetune` walks one run;
+    :mod:`knowinject.grouped` walks several at once, so a run's batches, schedule and log are the same
+    whether it trains alone or beside others."""
+
+    def __init__(self, cfg: FinetuneConfig, encoded: list[tuple[list[int], int]]):
+        self.cfg, self.encoded = cfg, encoded
+        self.lengths = [len(ids) for ids, _ in encoded]
+        self.rng = numpy_rng(cfg.seed, "batches")
+        self.n_epochs = math.ceil(cfg.epochs)
+        self.per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+        self.total = max(1, round(cfg.epochs * self.per_epoch))
+        self.warmup = round(cfg.warmup_ratio * self.total)
+        self.step = 0
+        self.log: list[dict] = []
+        self.epoch_loss: list[float] = []
+        self.tokens = self.loss_tokens = self.padded = 0
+        self._sum, self._n = 0.0, 0
+        self.start = time.perf_counter()
+
+    def schedule(self, step: int) -> float:
+        """The learning-rate factor at ``step`` (linear warmup, then cosine decay to 10%)."""
+        return _schedule(step, self.total, self.warmup)
+
+    def events(self):
+        """``("batch", epoch, indices)`` for every optimizer step, and ``("epoch", epoch, full)`` after every
+        epoch (``full``: the epoch ran all its batches, so a checkpoint is due)."""
+        for epoch in range(1, self.n_epochs + 1):
+            for idx in length_grouped_batches(self.lengths, self.cfg.batch_size, self.rng):
+                if self.step >= self.total:
+                    break
+                yield "batch", epoch, idx
+            self.epoch_loss.append(self._sum / max(self._n, 1))
+            self._sum, self._n = 0.0, 0
+            yield "epoch", epoch, self.step == epoch * self.per_epoch
+
+    def record(self, epoch: int, loss: float, n_loss: int, tokens: int, padded: int, lr: float) -> None:
+        """Book one optimizer step: its mean loss over ``n_loss`` tokens, real and padded tokens, next lr."""
+        self._sum += loss * n_loss
+        self._n += n_loss
+        self.tokens += tokens
+        self.padded += padded
+        self.loss_tokens += n_loss
+        self.step += 1
+        if self.step % self.cfg.log_every == 0 or self.step == self.total:
+            self.log.append({"step": self.step, "epoch": epoch, "loss": loss, "lr": lr, "tokens": self.tokens,
+                             "seconds": time.perf_counter() - self.start})
+
+    def result(self, precision: str, processes: int = 1, local_rows: int = 0, group_runs: float = 1.0) -> FinetuneResult:
+        return FinetuneResult(pd.DataFrame(self.log), self.epoch_loss, self.tokens, self.loss_tokens, self.padded,
+                              time.perf_counter() - self.start, precision, processes, local_rows, group_runs)
+
+
+def optimizer(params, cfg: FinetuneConfig, progress: RunProgress):
+    """(AdamW, its LambdaLR): one run's optimizer and schedule, the same for solo and grouped training."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, progress.schedule)
+
+
 def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_dir: Path | None = None,
              progress: bool = True, on_epoch_end: Callable[[int, object], None] | None = None):
     """Train ``model`` on ``examples``; returns (trained model, :class:`FinetuneResult`).
@@ -256,6 +322,8 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
     With ``out_dir`` the adapter (LoRA) or the whole model (full) is saved there with
     ``save_pretrained``, next to ``loss_log.csv`` and ``train_summary.json``.
     """
+    import contextlib
+
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -269,76 +337,64 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
     accelerator = Accelerator()
     autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     encoded = [encode(e, tokenizer, cfg.max_length) for e in examples]
-    lengths = [len(ids) for ids, _ in encoded]
-    rng = numpy_rng(cfg.seed, "batches")
-    n_epochs = math.ceil(cfg.epochs)
-    per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-    total = max(1, round(cfg.epochs * per_epoch))
+    run = RunProgress(cfg, encoded)
 
     model = prepare(model, cfg, precision)
     model.train()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # no KV cache while training; restored below for generation
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, round(cfg.warmup_ratio * total)))
+    opt, sched = optimizer([p for p in model.parameters() if p.requires_grad], cfg, run)
     # The scheduler stays outside accelerator.prepare: its wrapper steps once per process, which under
     # DDP would run the schedule num_processes times too fast. Every process steps it once per step.
     wrapped, opt = accelerator.prepare(loss_module(model), opt)
     world, rank = accelerator.num_processes, accelerator.process_index
 
-    log, epoch_loss = [], []
-    tokens = loss_tokens = padded = step = local_rows = 0
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc=f"{cfg.method} finetune", disable=not progress or not accelerator.is_main_process,
+    local_rows = 0
+    bar = tqdm(total=run.total, desc=f"{cfg.method} finetune", disable=not progress or not accelerator.is_main_process,
                mininterval=2.0)
-    for epoch in range(n_epochs):
-        sum_loss, sum_n = 0.0, 0
-        # LoRA steps run through the fused kernels; they are swapped out again for the checkpoint
-        # evaluation below, so a checkpoint is evaluated exactly like a finished run.
-        with fused_training(model, enabled=uses_kernels(cfg)):
-            for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-                if step >= total:
-                    break
-                batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
-                n_loss = int((batch["labels"][:, 1:] != -100).sum())
-                if world == 1:
-                    batch = {k: batch[k].to(accelerator.device) for k in STEP_KEYS}
-                    with autocast:
-                        loss = wrapped(**batch)
-                    accelerator.backward(loss)
-                    value = float(loss.detach())
-                    local_rows += len(idx)
-                else:
-                    value = _distributed_step(wrapped, accelerator, autocast, encoded, idx, tokenizer.pad_token_id,
-                                              n_loss, world, rank)
-                    batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
-                    local_rows += len(idx[rank::world])
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                sum_loss += value * n_loss
-                sum_n += n_loss
-                tokens += int(batch["attention_mask"].sum())
-                padded += batch["input_ids"].numel()
-                loss_tokens += n_loss
-                step += 1
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == total:
-                    log.append({"step": step, "epoch": epoch + 1, "loss": value, "lr": sched.get_last_lr()[0],
-                                "tokens": tokens, "seconds": time.perf_counter() - start})
-                    bar.set_postfix(loss=f"{value:.3f}")
-        epoch_loss.append(sum_loss / max(sum_n, 1))
-        if on_epoch_end is not None and step == (epoch + 1) * per_epoch:
-            _call_at_checkpoint(on_epoch_end, epoch + 1, accelerator.unwrap_model(wrapped).model)
+    # LoRA steps run through the fused kernels; they are swapped out again at every epoch's end, so a
+    # checkpoint is evaluated exactly like a finished run.
+    kernels_on, fused = contextlib.ExitStack(), False
+    for kind, epoch, what in run.events():
+        if kind == "epoch":
+            kernels_on.close()
+            fused = False
+            if on_epoch_end is not None and what:
+                _call_at_checkpoint(on_epoch_end, epoch, accelerator.unwrap_model(wrapped).model)
+            continue
+        if not fused:
+            kernels_on.enter_context(fused_training(model, enabled=uses_kernels(cfg)))
+            fused = True
+        idx = what
+        batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id)
+        n_loss = int((batch["labels"][:, 1:] != -100).sum())
+        if world == 1:
+            batch = {k: batch[k].to(accelerator.device) for k in STEP_KEYS}
+            with autocast:
+                loss = wrapped(**batch)
+            accelerator.backward(loss)
+            value = float(loss.detach())
+            local_rows += len(idx)
+        else:
+            value = _distributed_step(wrapped, accelerator, autocast, encoded, idx, tokenizer.pad_token_id,
+                                      n_loss, world, rank)
+            batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
+            local_rows += len(idx[rank::world])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        run.record(epoch, value, n_loss, int(batch["attention_mask"].sum()), batch["input_ids"].numel(),
+                   sched.get_last_lr()[0])
+        bar.update(1)
+        if run.step % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{value:.3f}")
+    kernels_on.close()
     bar.close()
-    seconds = time.perf_counter() - start
     model = accelerator.unwrap_model(wrapped).model
     model.eval()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = True  # training turned it off; generation needs it (6-10x faster)
-    result = FinetuneResult(pd.DataFrame(log), epoch_loss, tokens, loss_tokens, padded, seconds, precision, world,
-                            local_rows)
+    result = run.result(precision, world, local_rows)
     if out_dir is not None and accelerator.is_main_process:
         save_run(model, tokenizer, cfg, result, Path(out_dir))
     accelerator.wait_for_everyone()

@@ -6,6 +6,8 @@ Usage: ``att = mechanism.attention_to_subject(model, tok, items)``; ``mechanism.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 import torch
@@ -34,35 +36,48 @@ def _spans(prompt: str, subject: str, tokenizer) -> tuple[list[int], list[int], 
 
 
 @torch.no_grad()
-def attention_to_subject(model, tokenizer, items: pd.DataFrame) -> pd.DataFrame:
+def attention_to_subject(model, tokenizer, items: pd.DataFrame, routes=None) -> pd.DataFrame:
     """Attention mass from the last prompt position (the one that predicts the answer) onto subject
     tokens and onto relation tokens, averaged over heads, per layer and overall. One row per item.
 
     Attention weights exist only in eager attention: a model running SDPA (the GPU default) is
-    switched to eager for this measurement and back afterwards.
+    switched to eager for this measurement and back afterwards. With ``routes`` (an adapter slot per
+    item, :mod:`knowinject.grouped`), the items that share a prompt run as one batch of identical rows,
+    one row per adapter: no padding, so every row computes what it would alone.
     """
     device = next(model.parameters()).device
     config = model.config
     previous = getattr(config, "_attn_implementation", "eager")
     config._attn_implementation = "eager"
     try:
-        return _attention_rows(model, tokenizer, items, device)
+        return _attention_rows(model, tokenizer, items, device, routes)
     finally:
         config._attn_implementation = previous
 
 
-def _attention_rows(model, tokenizer, items: pd.DataFrame, device) -> pd.DataFrame:
-    rows = []
-    for r in items.itertuples():
-        ids, subj, rel = _spans(r.prompt, r.subject, tokenizer)
-        out = model(input_ids=torch.tensor([ids], device=device), output_attentions=True, use_cache=False)
+def _attention_rows(model, tokenizer, items: pd.DataFrame, device, routes=None) -> pd.DataFrame:
+    from .kernels import routed
+
+    rows = [None] * len(items)
+    positions = pd.Series(range(len(items))).groupby(items.prompt.to_numpy(), sort=False)
+    for prompt, where in positions:
+        where = list(where)
+        if routes is not None:
+            where.sort(key=lambda i: routes[i])
+        first = items.iloc[where[0]]
+        ids, subj, rel = _spans(prompt, first.subject, tokenizer)
+        # Items sharing a prompt are one question (the prompt names the subject): one row each, one batch.
+        with routed([routes[i] for i in where]) if routes is not None else contextlib.nullcontext():
+            out = model(input_ids=torch.tensor([ids] * len(where), device=device), output_attentions=True,
+                        use_cache=False)
         if out.attentions is None or out.attentions[0] is None:
             raise RuntimeError("the model returned no attentions: load it with attn_implementation='eager'")
-        att = torch.stack([a[0, :, -1, :].float().mean(0) for a in out.attentions])  # [layers, positions]
-        s, q = att[:, subj].sum(1), att[:, rel].sum(1)
-        rows.append({"item_id": r.item_id, "subject_attention": float(s.mean()), "relation_attention": float(q.mean()),
-                     "subject_share": float((s / (s + q).clamp(min=1e-9)).mean()),
-                     "subject_attention_by_layer": s.tolist()})
+        for row, i in enumerate(where):
+            att = torch.stack([a[row, :, -1, :].float().mean(0) for a in out.attentions])  # [layers, positions]
+            s, q = att[:, subj].sum(1), att[:, rel].sum(1)
+            rows[i] = {"item_id": items.iloc[i].item_id, "subject_attention": float(s.mean()),
+                       "relation_attention": float(q.mean()), "subject_share": float((s / (s + q).clamp(min=1e-9)).mean()),
+                       "subject_attention_by_layer": s.tolist()}
     return pd.DataFrame(rows)
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +37,90 @@ def is_done(folder: Path) -> bool:
 def cached_run(root: Path, slug: str, cfg: Any, compute: Callable[[Path], Any], *, seed: int | None = None,
                profile: str | None = None, verbose: bool = True) -> Path:
     """Return the finished run folder for ``cfg``, computing it with ``compute(tmp_folder)`` only if needed."""
-    folder = Path(root) / run_id(slug, cfg)
+    spec = Spec(slug, cfg, seed)
+    folder = spec.folder(root)
     if is_done(folder):
         if verbose:
             print(f"cached: {paths.show(folder)}")
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with claim(folder):
-        if is_done(folder):  # another worker finished it while this one waited for the claim
-            return folder
-        tmp = folder.with_name(folder.name + f".partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            (tmp / "config.json").write_text(canonical_json(cfg) + "\n")
-            compute(tmp)
-            save_json(provenance(seed=seed, profile=profile), tmp / DONE)
-            if folder.exists():  # an older unfinished copy (no DONE): replace it
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with Batch(root, [spec], profile) as batch:
+        if batch.todo:
+            compute(batch.tmp(0))
+            batch.finish(0)
     return folder
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A run as a grid names it: a readable slug, the config its folder is hashed from, and its seed."""
+    slug: str
+    key: Any
+    seed: int | None = None
+
+    def folder(self, root: Path) -> Path:
+        return Path(root) / run_id(self.slug, self.key)
+
+
+class Batch:
+    """Several runs computed together by one worker (:mod:`knowinject.grouped` trains them at once).
+
+    On entry every run is claimed (in folder order, so two workers never wait on each other) and those
+    already finished are left out (``todo``: the indices still to compute); each gets its own temporary
+    folder holding its ``config.json``. :meth:`finish` renames one run into place the moment it is
+    complete, so an interrupted batch keeps every run it finished; on exit the unfinished temporary
+    folders are removed and the claims released.
+    """
+
+    def __init__(self, root: Path, specs: list[Spec], profile: str | None = None):
+        self.root, self.specs, self.profile = Path(root), list(specs), profile
+        self.folders = [s.folder(root) for s in self.specs]
+        self._claims: list[claim] = []
+        self._tmp: dict[int, Path] = {}
+        self.todo: list[int] = []
+
+    def __enter__(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in sorted(range(len(self.specs)), key=lambda i: self.folders[i].name):
+                if is_done(self.folders[i]):
+                    continue
+                c = claim(self.folders[i])
+                c.__enter__()
+                self._claims.append(c)
+                if is_done(self.folders[i]):  # another worker finished it while this one waited for the claim
+                    continue
+                tmp = self.folders[i].with_name(self.folders[i].name + f".partial-{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                (tmp / "config.json").write_text(canonical_json(self.specs[i].key) + "\n")
+                self._tmp[i] = tmp
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.todo = sorted(self._tmp)
+        return self
+
+    def tmp(self, i: int) -> Path:
+        """Where run ``i`` writes its files until :meth:`finish`."""
+        return self._tmp[i]
+
+    def finish(self, i: int) -> Path:
+        """Run ``i`` is complete: stamp its provenance and rename it into place."""
+        tmp, folder = self._tmp.pop(i), self.folders[i]
+        save_json(provenance(seed=self.specs[i].seed, profile=self.profile), tmp / DONE)
+        if folder.exists():  # an older unfinished copy (no DONE): replace it
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        return folder
+
+    def __exit__(self, *exc):
+        for tmp in self._tmp.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._tmp.clear()
+        for c in self._claims:
+            c.__exit__()
+        self._claims.clear()
+        return False
 
 
 # --- claims: one worker per run ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ Usage: ``folders = study_a.run_all(track, world, cfg, profile)``; ``tables = stu
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -35,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluate, paths, render, stats
+from . import evaluate, grouped, paths, render, runs, stats
 from .config import require
 from .finetune import chat_prompt_and_reply
 from .persona import StyleClassifier
 from .render import qa_prompt
-from .runs import cached_run, read_jsonl, write_jsonl
+from .runs import read_jsonl, write_jsonl
 from .seeding import numpy_rng
 from .templates import RELATIONS, STYLES
 
@@ -236,7 +237,7 @@ class Inputs:
         self.mc = world.table("multiple_choice")
         self.multistep = world.table("multistep")
         self.styles = world.table("styles")
-        self.world_name = world.folder.name
+        self.world, self.world_name = world, world.folder.name
 
     @cached_property
     def style_classifier(self) -> StyleClassifier:
@@ -250,67 +251,203 @@ def style_prompts(styles: pd.DataFrame, style: str, tokenizer) -> list[str]:
     return [chat_prompt_and_reply([m[0], {"role": "assistant", "content": ""}], tokenizer)[0] for m in held.messages]
 
 
-def evaluate_cell(model, tok, cell: Cell, inp: Inputs, cfg: StudyAConfig, phrasing: str) -> dict[str, pd.DataFrame]:
-    """Every evaluation of one cell's injected facts (or style)."""
-    out = {}
-    if cell.subject == "style":
-        chat = bool(getattr(tok, "chat_template", None))
-        styles = [cell.style] if cell.style else list(cfg.styles)
-        rows = []
-        clf = inp.style_classifier
-        for s in styles:
-            responses = evaluate.generate(model, tok, style_prompts(inp.styles, s, tok), cfg.max_style_tokens,
-                                          batch_size=32, chat=chat)
-            rows += [{"target_style": s, "response": r, "predicted": p} for r, p in zip(responses, clf.predict(responses))]
-        out["style"] = pd.DataFrame(rows).assign(identified=lambda d: d.predicted == d.target_style)
-        return out
-    facts = subjects_for(inp.facts, cell, cfg)
-    items = qa_eval_items(inp.qa, facts.fact_id, phrasing, max(cfg.augmentations))
-    two_hop = multistep_eval_items(inp.multistep, facts, phrasing) if cell.subject == "people" else inp.multistep.iloc[:0]
-    second = {f for hops in two_hop.hop_fact_ids for f in hops[1:]}
-    hop2 = qa_eval_items(inp.qa, second, phrasing, max(cfg.augmentations))
-    scored = evaluate.score_qa(model, tok, pd.concat([items, hop2, two_hop[["item_id", "prompt", "aliases"]]]),
-                               batch_size=64)
-    keep = ["item_id", "prediction", "em", "contains"]
-    out["qa"] = items.merge(scored[keep], on="item_id").drop(columns=["aliases"])
-    if len(two_hop):
-        hops = hop2.merge(scored[keep], on="item_id")
-        ms = two_hop.merge(scored[keep], on="item_id")
-        single = pd.concat([out["qa"], hops])
-        ok = single.groupby("fact_id").em.max()
-        ms["hop1_em"] = [bool(ok.get(h[0], False)) for h in ms.hop_fact_ids]
-        ms["hop2_em"] = [bool(ok.get(h[1], False)) for h in ms.hop_fact_ids]
-        out["multistep"] = ms.drop(columns=["aliases"])
-    mc = inp.mc[inp.mc.fact_id.isin(set(facts.fact_id))]
-    if len(mc):
-        out["mc"] = evaluate.score_multiple_choice(model, tok, mc, batch_size=64)[
-            ["item_id", "fact_id", "relation", "kind", "acc", "acc_norm"]]
+def evaluate_cells(model, tok, members: list[tuple[Cell, int | None]], inp: Inputs, cfg: StudyAConfig,
+                   phrasing: str) -> list[dict[str, pd.DataFrame]]:
+    """Every evaluation of each member's injected facts (or style), all members in one pass over the
+    model: ``members`` are (cell, adapter slot) pairs, the slot routing the member's rows through its
+    adapter (:mod:`knowinject.grouped`; ``None`` for every member: the model as it is)."""
+    routed = any(slot is not None for _, slot in members)
+    out: list[dict[str, pd.DataFrame]] = [{} for _ in members]
+    chat = bool(getattr(tok, "chat_template", None))
+
+    # Styles: held-out prompts of each member's style(s), one generation pass, one classifier.
+    style_rows = []
+    for m, (cell, slot) in enumerate(members):
+        if cell.subject == "style":
+            for s in [cell.style] if cell.style else list(cfg.styles):
+                style_rows += [(m, slot, s, p) for p in style_prompts(inp.styles, s, tok)]
+    if style_rows:
+        responses = evaluate.generate(model, tok, [r[3] for r in style_rows], cfg.max_style_tokens, batch_size=32,
+                                      chat=chat, routes=[r[1] for r in style_rows] if routed else None)
+        predicted = inp.style_classifier.predict(responses)
+        table = pd.DataFrame({"member": [r[0] for r in style_rows], "target_style": [r[2] for r in style_rows],
+                              "response": responses, "predicted": predicted})
+        for m, g in table.groupby("member"):
+            out[m]["style"] = (g.drop(columns="member").reset_index(drop=True)
+                               .assign(identified=lambda d: d.predicted == d.target_style))
+
+    # Facts: QA on unseen phrasings, second hops and 2-hop questions in one generation pass; multiple choice in one.
+    parts, asked, mcs = {}, [], []
+    for m, (cell, slot) in enumerate(members):
+        if cell.subject == "style":
+            continue
+        facts = subjects_for(inp.facts, cell, cfg)
+        items = qa_eval_items(inp.qa, facts.fact_id, phrasing, max(cfg.augmentations))
+        two_hop = (multistep_eval_items(inp.multistep, facts, phrasing) if cell.subject == "people"
+                   else inp.multistep.iloc[:0])
+        second = {f for hops in two_hop.hop_fact_ids for f in hops[1:]}
+        hop2 = qa_eval_items(inp.qa, second, phrasing, max(cfg.augmentations))
+        parts[m] = (items, two_hop, hop2)
+        asked.append(pd.concat([items, hop2, two_hop[["item_id", "prompt", "aliases"]]]).assign(_member=m, _slot=slot))
+        mc = inp.mc[inp.mc.fact_id.isin(set(facts.fact_id))]
+        if len(mc):
+            mcs.append(mc.assign(_member=m, _slot=slot))
+    if asked:
+        asked = pd.concat(asked, ignore_index=True)
+        scored = evaluate.score_qa(model, tok, asked, batch_size=64, routes=list(asked._slot) if routed else None)
+        keep = ["item_id", "prediction", "em", "contains"]
+        for m, (items, two_hop, hop2) in parts.items():
+            sc = scored[scored._member == m]
+            out[m]["qa"] = items.merge(sc[keep], on="item_id").drop(columns=["aliases"])
+            if len(two_hop):
+                hops = hop2.merge(sc[keep], on="item_id")
+                ms = two_hop.merge(sc[keep], on="item_id")
+                ok = pd.concat([out[m]["qa"], hops]).groupby("fact_id").em.max()
+                ms["hop1_em"] = [bool(ok.get(h[0], False)) for h in ms.hop_fact_ids]
+                ms["hop2_em"] = [bool(ok.get(h[1], False)) for h in ms.hop_fact_ids]
+                out[m]["multistep"] = ms.drop(columns=["aliases"])
+    if mcs:
+        mcs = pd.concat(mcs, ignore_index=True)
+        scored = evaluate.score_multiple_choice(model, tok, mcs, batch_size=64, routes=list(mcs._slot) if routed else None)
+        for m, g in scored.groupby("_member"):
+            out[m]["mc"] = g[["item_id", "fact_id", "relation", "kind", "acc", "acc_norm"]].reset_index(drop=True)
     return out
+
+
+def evaluate_cell(model, tok, cell: Cell, inp: Inputs, cfg: StudyAConfig, phrasing: str) -> dict[str, pd.DataFrame]:
+    """Every evaluation of one cell's injected facts (or style), on ``model`` as it is."""
+    return evaluate_cells(model, tok, [(cell, None)], inp, cfg, phrasing)[0]
+
+
+def run_key(track, cell: Cell, inp: Inputs, cfg: StudyAConfig) -> dict:
+    """What a run's folder is hashed from. How runs were grouped for training is not part of it: a run
+    trained beside others is the run trained alone (the reference test in tests/test_grouped.py)."""
+    return {"study": "A", "track": track.key, "world": inp.world_name, "cell": asdict(cell), "epochs": cfg.epochs,
+            "augmentations_max": max(cfg.augmentations), "n_helpers": cfg.n_helpers, "n_anchor": cfg.n_anchor,
+            "data_seed": cfg.data_seed, "n_events": cfg.n_events, "n_style_examples": cfg.n_style_examples,
+            # v2: multiple choice scores options from the question's key/value cache (other roundings in bf16)
+            "max_style_tokens": cfg.max_style_tokens, "eval": "v2"}
+
+
+def spec(track, cell: Cell, inp: Inputs, cfg: StudyAConfig) -> runs.Spec:
+    return runs.Spec(f"study-a-{track.name}-{cell.slug}", run_key(track, cell, inp, cfg), cell.seed)
 
 
 def run_cell(track, cell: Cell, inp: Inputs, cfg: StudyAConfig, profile: str | None = None) -> Path:
     """One cached run: finetune the track's base model on the cell's data, then evaluate it."""
+    return run_cells(track, [cell], inp, cfg, profile, progress=False)[0]
+
+
+def run_cells(track, cells: list[Cell], inp: Inputs, cfg: StudyAConfig, profile: str | None = None,
+              progress: bool = True, grouping: grouped.GroupConfig | None = None) -> list[Path]:
+    """The cached run of every cell, in order; the missing ones are computed in batches by the executor's
+    workers (LoRA runs of a batch train side by side over one base, ``grouping``'s slots at a time)."""
+    from . import executor
+
+    folders, tasks = plan_cells(track, cells, inp, cfg, profile, grouping)
+    if progress and len(tasks) and sum(1 for f in folders if runs.is_done(f)):
+        print(f"study A {track.name}: {sum(1 for f in folders if runs.is_done(f))} of {len(folders)} runs cached")
+    executor.run_tasks(tasks, desc=f"study A {track.name}", progress=progress, gpu=executor.needs_gpu(track))
+    return folders
+
+
+def plan_cells(track, cells: list[Cell], inp: Inputs, cfg: StudyAConfig, profile: str | None = None,
+               grouping: grouped.GroupConfig | None = None) -> tuple[list[Path], list[tuple]]:
+    """(the run folder of every cell, the tasks that compute the missing ones: (callable, cost) pairs)."""
+    import functools
+
+    grouping = grouping or grouped.GroupConfig()
+    folders = [spec(track, c, inp, cfg).folder(paths.RUNS) for c in cells]
+    todo = list(dict.fromkeys(c for c, f in zip(cells, folders) if not runs.is_done(f)))
+    tasks = [(functools.partial(_compute_batch, track, inp.world, cfg, profile, grouping, batch), weight)
+             for batch, weight in batch_cells(track, todo, inp, cfg, grouping.slots)]
+    return folders, tasks
+
+
+def cost(track, cell: Cell, inp: Inputs, cfg: StudyAConfig) -> float:
+    """Rough seconds of a run on one core, only to start the longest tasks first: characters of training
+    text times epochs, at a rate measured for each track (evaluation-only runs: a few seconds)."""
+    if cell.format == "base":
+        return 5.0
+    per_char_epoch = 2.5e-4 if track.method == "lora" else 5e-5
+    return float(sum(len(json.dumps(e)) for e in training_examples(cell, inp, cfg))) * cfg.epochs * per_char_epoch
+
+
+def batch_cells(track, cells: list[Cell], inp: Inputs, cfg: StudyAConfig, slots: int) -> list[tuple[list[Cell], float]]:
+    """Cells in batches for the workers, with each batch's cost. LoRA runs are batched by format (rows of
+    one step are padded to the longest, so QA rows should not wait on documents), at most two groups'
+    worth of runs a batch; full finetunes, which train one at a time, in batches of the same size."""
+    family = {"qa": "short", "doc": "long", "conv": "chat", "base": "base"}
+    lora = track.method == "lora"
+    by_family: dict[str, list[tuple[Cell, float]]] = {}
+    for c in cells:
+        key = "base" if c.format == "base" else family[c.format] if lora else "all"
+        by_family.setdefault(key, []).append((c, cost(track, c, inp, cfg)))
+    out = []
+    size = 2 * slots
+    for members in by_family.values():
+        members.sort(key=lambda m: -m[1])
+        for i in range(0, len(members), size):
+            chunk = members[i:i + size]
+            out.append(([c for c, _ in chunk], sum(w for _, w in chunk)))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _inputs(world) -> Inputs:
+    return Inputs(world)
+
+
+def _compute_batch(track, world, cfg: StudyAConfig, profile: str | None, grouping: grouped.GroupConfig,
+                   cells: list[Cell]) -> None:  # a task of :func:`plan_cells`, run in a worker
+    """Compute a batch of runs in this worker: base evaluations in one pass; LoRA runs trained side by side
+    and evaluated together (:func:`grouped.train`); full finetunes one after another."""
     from .finetune import finetune
     from .tracks import load_base
 
-    key = {"study": "A", "track": track.key, "world": inp.world_name, "cell": asdict(cell), "epochs": cfg.epochs,
-           "augmentations_max": max(cfg.augmentations), "n_helpers": cfg.n_helpers, "n_anchor": cfg.n_anchor,
-           "data_seed": cfg.data_seed, "n_events": cfg.n_events, "n_style_examples": cfg.n_style_examples,
-           # v2: multiple choice scores options from the question's key/value cache (other roundings in bf16)
-           "max_style_tokens": cfg.max_style_tokens, "eval": "v2"}
-
-    def compute(tmp: Path) -> None:
+    inp = _inputs(world)
+    with runs.Batch(paths.RUNS, [spec(track, c, inp, cfg) for c in cells], profile) as batch:
+        if not batch.todo:
+            return
+        phrasing = track.unseen_phrasing
         model, tok = load_base(track)
-        if cell.format != "base":
-            data = training_examples(cell, inp, cfg)
-            model, result = finetune(model, tok, data, track.finetune_config(cfg.epochs, cell.seed, max_length=384),
-                                     progress=False)
-            result.log.to_csv(tmp / "loss_log.csv", index=False)
-            (tmp / "train_summary.json").write_text(json.dumps({"n_examples": len(data), **result.summary()}, indent=2))
-        for name, table in evaluate_cell(model, tok, cell, inp, cfg, track.unseen_phrasing).items():
-            write_jsonl(table, tmp / f"{name}.jsonl")
+        base = [i for i in batch.todo if cells[i].format == "base"]
+        if base:
+            for i, out in zip(base, evaluate_cells(model, tok, [(cells[i], None) for i in base], inp, cfg, phrasing)):
+                _write_tables(batch.tmp(i), out)
+                batch.finish(i)
+        trained = [i for i in batch.todo if cells[i].format != "base"]
+        data = {i: training_examples(cells[i], inp, cfg) for i in trained}
+        settings = {i: track.finetune_config(cfg.epochs, cells[i].seed, max_length=384) for i in trained}
+        if trained and track.method == "lora":
+            jobs = [grouped.Job(data[i], settings[i]) for i in trained]
 
-    return cached_run(paths.RUNS, f"study-a-{track.name}-{cell.slug}", key, compute, seed=cell.seed, profile=profile)
+            def evaluate_checkpoints(m, checkpoints):
+                outs = evaluate_cells(m, tok, [(cells[trained[c.job]], c.slot) for c in checkpoints], inp, cfg, phrasing)
+                for c, out in zip(checkpoints, outs):
+                    i = trained[c.job]
+                    _write_training(batch.tmp(i), c.result, len(data[i]))
+                    _write_tables(batch.tmp(i), out)
+                    batch.finish(i)
+
+            grouped.train(model, tok, jobs, evaluate_checkpoints, grouping)
+            return
+        for i in trained:
+            model, tok = load_base(track)  # a full finetune changes the model: a fresh base for every run
+            model, result = finetune(model, tok, data[i], settings[i], progress=False)
+            _write_training(batch.tmp(i), result, len(data[i]))
+            _write_tables(batch.tmp(i), evaluate_cell(model, tok, cells[i], inp, cfg, phrasing))
+            batch.finish(i)
+
+
+def _write_training(tmp: Path, result, n_examples: int) -> None:
+    result.log.to_csv(tmp / "loss_log.csv", index=False)
+    (tmp / "train_summary.json").write_text(json.dumps({"n_examples": n_examples, **result.summary()}, indent=2))
+
+
+def _write_tables(tmp: Path, tables: dict[str, pd.DataFrame]) -> None:
+    for name, table in tables.items():
+        write_jsonl(table, tmp / f"{name}.jsonl")
 
 
 def training_examples(cell: Cell, inp: Inputs, cfg: StudyAConfig) -> list[dict]:
@@ -334,24 +471,30 @@ def base_cells(cfg: StudyAConfig) -> list[Cell]:
             + [Cell("persona", "base", 1, 0, persona=k) for k in range(cfg.n_personas)])
 
 
+def design_cells(cfg: StudyAConfig, claims_only: bool = False) -> list[Cell]:
+    """The base evaluations and every cell of the grid (``claims_only``: the cells the claims read, for
+    every seed: how a replication re-measures the claims)."""
+    cells = [c for s in cfg.all_seeds for c in claim_cells(cfg, s)] if claims_only else grid(cfg)
+    return base_cells(cfg) + list(dict.fromkeys(cells))
+
+
 def run_all(track, world, cfg: StudyAConfig, profile: str | None = None, progress: bool = True,
             claims_only: bool = False) -> list[Path]:
     """The base evaluations and every cell of the grid (``claims_only``: the cells the claims read,
     for every seed: how a replication re-measures the claims)."""
-    import functools
+    return run_cells(track, design_cells(cfg, claims_only), Inputs(world), cfg, profile, progress)
 
+
+def run_designs(designs: list[tuple], profile: str | None = None, progress: bool = True) -> list[list[Path]]:
+    """Several designs, each ``(track, world, cfg, claims_only)``, computed by one pool of workers (so no
+    worker waits at the end of one design while the next could start); their folders, design by design."""
     from . import executor
 
-    inp = Inputs(world)
-    cells = [c for s in cfg.all_seeds for c in claim_cells(cfg, s)] if claims_only else grid(cfg)
-    jobs = base_cells(cfg) + list(dict.fromkeys(cells))
-    return executor.map_runs(functools.partial(_run_job, track, inp, cfg, profile), jobs, desc=f"study A {track.name}",
-                             progress=progress, gpu=executor.needs_gpu(track))
-
-
-def _run_job(track, inp, cfg, profile, cell):
-    return run_cell(track, cell, inp, cfg, profile)
-
+    plans = [plan_cells(track, design_cells(cfg, claims_only), Inputs(world), cfg, profile)
+             for track, world, cfg, claims_only in designs]
+    executor.run_tasks([t for _, tasks in plans for t in tasks], desc="study A",
+                       progress=progress, gpu=any(executor.needs_gpu(d[0]) for d in designs))
+    return [folders for folders, _ in plans]
 
 
 # --- collection, summaries and claims -------------------------------------------------------------------------

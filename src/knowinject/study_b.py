@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluate, mechanism, paths, render, scoring, stats
+from . import evaluate, grouped, mechanism, paths, render, runs, scoring, stats
 from .config import require
-from .runs import cached_run, read_jsonl, write_jsonl
+from .runs import read_jsonl, write_jsonl
 from .seeding import numpy_rng
 from .templates import RELATIONS
 from .world import exposure_buckets
@@ -247,87 +247,205 @@ def test_items(test: pd.DataFrame, qa: pd.DataFrame, phrasing: str, seed: int) -
     return pd.DataFrame(rows)
 
 
-# --- one run ------------------------------------------------------------------------------------------------
+# --- runs ---------------------------------------------------------------------------------------------------
 
-def _score(model, tok, items: pd.DataFrame, prompts: list[str]) -> pd.DataFrame:
-    preds = evaluate.generate(model, tok, prompts, batch_size=64)
+def _score(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> pd.DataFrame:
+    preds = evaluate.generate(model, tok, prompts, batch_size=64, routes=routes)
     return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": preds,
                          "em": [scoring.exact_match(p, a) for p, a in zip(preds, items.aliases)],
                          "contains": [scoring.contains_match(p, a) for p, a in zip(preds, items.aliases)]})
 
 
+def evaluate_models(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int,
+                    members: list[tuple[int | None, int, bool]]) -> list[tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """Zero-shot answers of every member; few-shot answers and attention of the ``final`` ones. Members are
+    (adapter slot or None, epoch, final): all of them in one pass over the model (slots route each
+    member's rows through its adapter, :mod:`knowinject.grouped`; ``None``: the model as it is)."""
+    n = len(items)
+    routed = any(slot is not None for slot, _, _ in members)
+
+    def routes(ms):
+        return [slot for slot, _, _ in ms for _ in range(n)] if routed else None
+
+    def tiled(ms):
+        return pd.concat([items] * len(ms), ignore_index=True)
+
+    final = [m for m in members if m[2]]
+    zero = _score(model, tok, tiled(members), list(items.prompt) * len(members), routes(members))
+    few = _score(model, tok, tiled(final), few_shot * len(final), routes(final)) if final else None
+    att = (mechanism.attention_to_subject(model, tok, pd.concat([items.iloc[:n_attention]] * len(final), ignore_index=True),
+                                          [slot for slot, _, _ in final for _ in range(min(n, n_attention))] if routed else None)
+           if final else None)
+    out, f = [], 0
+    for k, (_, epoch, is_final) in enumerate(members):
+        parts = [zero.iloc[k * n:(k + 1) * n].assign(prompt="zero-shot")]
+        a = None
+        if is_final:
+            parts.append(few.iloc[f * n:(f + 1) * n].assign(prompt="few-shot"))
+            m = min(n, n_attention)
+            a = att.iloc[f * m:(f + 1) * m].drop(columns="subject_attention_by_layer").reset_index(drop=True)
+            a["fact_id"] = items.fact_id.values[:n_attention]
+            a["epoch"] = epoch
+            f += 1
+        out.append((pd.concat(parts, ignore_index=True).assign(epoch=epoch), a))
+    return out
+
+
 def evaluate_model(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int, epoch: int,
                    final: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Zero-shot answers at every checkpoint; few-shot answers and attention at the final one."""
-    parts = [_score(model, tok, items, list(items.prompt)).assign(prompt="zero-shot")]
-    att = None
-    if final:
-        parts.append(_score(model, tok, items, few_shot).assign(prompt="few-shot"))
-        att = mechanism.attention_to_subject(model, tok, items.iloc[:n_attention]).drop(
-            columns="subject_attention_by_layer")
-        att["fact_id"] = items.fact_id.values[:n_attention]
-        att["epoch"] = epoch
-    return pd.concat(parts, ignore_index=True).assign(epoch=epoch), att
+    return evaluate_models(model, tok, items, few_shot, n_attention, [(None, epoch, final)])[0]
+
+
+def run_key(track, world_name: str, items: pd.DataFrame, train: pd.DataFrame, condition: str, seed: int,
+            cfg: StudyBConfig) -> dict:
+    """What a run's folder is hashed from (how runs were grouped for training is not part of it)."""
+    return {"study": "B", "track": track.key, "world": world_name, "cfg": cfg.run_key(), "condition": condition,
+            "seed": seed if condition != "base" else None, "train": sorted(train.fact_id),
+            "test": sorted(items.item_id), "n_attention": cfg.n_attention}
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything a track's runs share: the finetuning pool, the test questions and their few-shot
+    prompts, the QA table training examples come from."""
+    world_name: str
+    pool: pd.DataFrame
+    items: pd.DataFrame
+    few_shot: tuple[str, ...]
+    qa: pd.DataFrame
+    cfg: StudyBConfig
+
+    def train_facts(self, condition: str, seed: int) -> pd.DataFrame:
+        return (condition_facts(self.pool, condition, seed, self.cfg.data_seed) if condition != "base"
+                else self.pool.iloc[:0])
+
+    def spec(self, track, condition: str, seed: int) -> runs.Spec:
+        key = run_key(track, self.world_name, self.items, self.train_facts(condition, seed), condition, seed, self.cfg)
+        slug = f"study-b-{track.name}-{condition}" + (f"-s{seed}" if condition != "base" else "")
+        return runs.Spec(slug, key, seed)
 
 
 def run(track, world_name: str, pool: pd.DataFrame, items: pd.DataFrame, few_shot: list[str], qa: pd.DataFrame,
         condition: str, seed: int, cfg: StudyBConfig, profile: str | None = None) -> Path:
     """One cached run: finetune ``track``'s base on the condition's facts, evaluate at each checkpoint.
     ``condition='base'`` evaluates the base model once (epoch 0)."""
+    design = Design(world_name, pool, items, tuple(few_shot), qa, cfg)
+    return run_jobs(track, design, [(condition, seed)], profile, progress=False)[0]
+
+
+def run_jobs(track, design: Design, jobs: list[tuple[str, int]], profile: str | None = None, progress: bool = True,
+             grouping: grouped.GroupConfig | None = None) -> list[Path]:
+    """The cached run of every (condition, seed), in order; the missing ones are computed in batches by the
+    executor's workers (LoRA runs of a batch train side by side over one base)."""
+    from . import executor
+
+    folders, tasks = plan_jobs(track, design, jobs, profile, grouping)
+    executor.run_tasks(tasks, desc=f"study B {track.name}", progress=progress, gpu=executor.needs_gpu(track))
+    return folders
+
+
+def plan_jobs(track, design: Design, jobs: list[tuple[str, int]], profile: str | None = None,
+              grouping: grouped.GroupConfig | None = None) -> tuple[list[Path], list[tuple]]:
+    """(the run folder of every (condition, seed), the tasks that compute the missing ones: (callable,
+    cost) pairs). The base is a task of its own; trained runs go in batches of two groups' worth."""
+    import functools
+
+    grouping = grouping or grouped.GroupConfig()
+    folders = [design.spec(track, c, s).folder(paths.RUNS) for c, s in jobs]
+    todo = list(dict.fromkeys(j for j, f in zip(jobs, folders) if not runs.is_done(f)))
+    base = [j for j in todo if j[0] == "base"]
+    trained = sorted((j for j in todo if j[0] != "base"), key=lambda j: -len(design.train_facts(*j)))
+    size = 2 * grouping.slots
+    batches = ([base] if base else []) + [trained[i:i + size] for i in range(0, len(trained), size)]
+    # Rough seconds on one core (to start the longest tasks first): per fact and epoch, at a rate measured
+    # for each track, checkpoint evaluations included.
+    rate = 0.1 if track.method == "lora" else 0.0125
+    return folders, [(functools.partial(_compute_batch, track, design, profile, grouping, b),
+                      sum(5 + len(design.train_facts(*j)) * design.cfg.epochs * rate for j in b)) for b in batches]
+
+
+def _compute_batch(track, design: Design, profile: str | None, grouping: grouped.GroupConfig,
+                   jobs: list[tuple[str, int]]) -> None:  # a task of :func:`plan_jobs`, run in a worker
+    """Compute a batch of runs in this worker: LoRA runs side by side, their checkpoints evaluated together
+    (:func:`grouped.train`); full finetunes one after another; the base evaluated once."""
     from .finetune import finetune
     from .tracks import load_base
 
-    train = condition_facts(pool, condition, seed, cfg.data_seed) if condition != "base" else pool.iloc[:0]
-    key = {"study": "B", "track": track.key, "world": world_name, "cfg": cfg.run_key(), "condition": condition,
-           "seed": seed if condition != "base" else None, "train": sorted(train.fact_id),
-           "test": sorted(items.item_id), "n_attention": cfg.n_attention}
-
-    def compute(tmp: Path) -> None:
+    cfg, items, few_shot = design.cfg, design.items, list(design.few_shot)
+    with runs.Batch(paths.RUNS, [design.spec(track, c, s) for c, s in jobs], profile) as batch:
+        if not batch.todo:
+            return
         model, tok = load_base(track)
-        preds, atts = [], []
-        if condition == "base":
-            p, a = evaluate_model(model, tok, items, few_shot, cfg.n_attention, 0, final=True)
-            preds.append(p)
-            atts.append(a)
-        else:
-            def checkpoint(epoch, m):
+        todo = batch.todo
+        if jobs[todo[0]][0] == "base":  # the base alone (run_jobs puts it in a batch of its own)
+            (p, a), = evaluate_models(model, tok, items, few_shot, cfg.n_attention, [(None, 0, True)])
+            _write_run(batch.tmp(todo[0]), jobs[todo[0]], [p], [a], None, 0)
+            batch.finish(todo[0])
+            todo = todo[1:]
+        train = {i: design.train_facts(*jobs[i]) for i in todo}
+        data = {i: qa_examples(train[i], design.qa, jobs[i][1]) for i in todo}
+        settings = {i: track.finetune_config(cfg.epochs, jobs[i][1]) for i in todo}
+        if todo and track.method == "lora":
+            preds: dict[int, list] = {i: [] for i in todo}
+            atts: dict[int, list] = {i: [] for i in todo}
+            group = [grouped.Job(data[i], settings[i], tuple(cfg.checkpoints)) for i in todo]
+
+            def evaluate_checkpoints(m, checkpoints):
+                members = [(c.slot, c.epoch, c.epoch == cfg.epochs) for c in checkpoints]
+                for c, (p, a) in zip(checkpoints, evaluate_models(m, tok, items, few_shot, cfg.n_attention, members)):
+                    i = todo[c.job]
+                    preds[i].append(p)
+                    if a is not None:
+                        atts[i].append(a)
+                    if c.final:
+                        _write_run(batch.tmp(i), jobs[i], preds[i], atts[i], c.result, len(train[i]))
+                        batch.finish(i)
+
+            grouped.train(model, tok, group, evaluate_checkpoints, grouping)
+            return
+        for i in todo:
+            model, tok = load_base(track)  # a full finetune changes the model: a fresh base for every run
+            preds, atts = [], []
+
+            def checkpoint(epoch, m, preds=preds, atts=atts, tok=tok):
                 if epoch in cfg.checkpoints:
                     p, a = evaluate_model(m, tok, items, few_shot, cfg.n_attention, epoch, final=epoch == cfg.epochs)
                     preds.append(p)
                     if a is not None:
                         atts.append(a)
 
-            examples = qa_examples(train, qa, seed)
-            _, result = finetune(model, tok, examples, track.finetune_config(cfg.epochs, seed), progress=False,
-                                 on_epoch_end=checkpoint)
-            result.log.to_csv(tmp / "loss_log.csv", index=False)
-            (tmp / "train_summary.json").write_text(json.dumps({"n_train": len(train), **result.summary()}, indent=2))
-        write_jsonl(pd.concat(preds, ignore_index=True).assign(condition=condition, seed=seed), tmp / "predictions.jsonl")
-        write_jsonl(pd.concat(atts, ignore_index=True).assign(condition=condition, seed=seed), tmp / "attention.jsonl")
+            _, result = finetune(model, tok, data[i], settings[i], progress=False, on_epoch_end=checkpoint)
+            _write_run(batch.tmp(i), jobs[i], preds, atts, result, len(train[i]))
+            batch.finish(i)
 
-    slug = f"study-b-{track.name}-{condition}" + (f"-s{seed}" if condition != "base" else "")
-    return cached_run(paths.RUNS, slug, key, compute, seed=seed, profile=profile)
+
+def _write_run(tmp: Path, job: tuple[str, int], preds: list, atts: list, result, n_train: int) -> None:
+    condition, seed = job
+    if result is not None:
+        result.log.to_csv(tmp / "loss_log.csv", index=False)
+        (tmp / "train_summary.json").write_text(json.dumps({"n_train": n_train, **result.summary()}, indent=2))
+    write_jsonl(pd.concat(preds, ignore_index=True).assign(condition=condition, seed=seed), tmp / "predictions.jsonl")
+    write_jsonl(pd.concat(atts, ignore_index=True).assign(condition=condition, seed=seed), tmp / "attention.jsonl")
+
+
+def design(track, world, pool, test, qa, cfg: StudyBConfig) -> Design:
+    """The test questions (on phrasings the track never trains on), their few-shot prompts, and the pool."""
+    items = test_items(test, qa, track.unseen_phrasing, cfg.data_seed)
+    pool_qa = qa[qa.fact_id.isin(pool.fact_id) & (qa.template_split == "train")]
+    few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
+    # Training examples come from the pool's training templates only: the workers need no more of the table.
+    return Design(world.folder.name, pool, items, tuple(few_shot), pool_qa, cfg)
+
+
+def all_jobs(cfg: StudyBConfig) -> list[tuple[str, int]]:
+    return [("base", 0)] + [(c, s) for s in cfg.seeds for c in cfg.conditions]
 
 
 def run_all(track, world, pool, test, qa, cfg: StudyBConfig, profile: str | None = None,
             progress: bool = True) -> list[Path]:
     """The base evaluation and every (condition, seed) run of one track; finished runs are reused."""
-    import functools
-
-    from . import executor
-
-    items = test_items(test, qa, track.unseen_phrasing, cfg.data_seed)
-    pool_qa = qa[qa.fact_id.isin(pool.fact_id) & (qa.template_split == "train")]
-    few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
-    jobs = [("base", 0)] + [(c, s) for s in cfg.seeds for c in cfg.conditions]
-    job = functools.partial(_run_job, track, world.folder.name, pool, items, few_shot, qa, cfg, profile)
-    return executor.map_runs(job, jobs, desc=f"study B {track.name}", progress=progress, gpu=executor.needs_gpu(track))
-
-
-def _run_job(track, world_name, pool, items, few_shot, qa, cfg, profile, job):
-    condition, seed = job
-    return run(track, world_name, pool, items, few_shot, qa, condition, seed, cfg, profile)
-
+    return run_jobs(track, design(track, world, pool, test, qa, cfg), all_jobs(cfg), profile, progress)
 
 
 @dataclass
@@ -344,14 +462,33 @@ class TrackResult:
 
 def run_track(track, world, cfg: StudyBConfig, profile: str | None = None, progress: bool = True) -> TrackResult:
     """Candidates, the pool/test split, every run (cached) and their collected tables, for one track."""
+    return run_tracks([(track, world, cfg)], profile, progress)[0]
+
+
+def run_tracks(setups: list[tuple], profile: str | None = None, progress: bool = True,
+               also: list[tuple] = ()) -> list[TrackResult]:
+    """:func:`run_track` for several ``(track, world, cfg)`` designs, their runs computed by one pool of
+    workers (no worker waits at the end of one design while the next could start); ``also``: other
+    executor tasks to share the pool with (the theory model's settings, :func:`theory.task`)."""
     import time
 
+    from . import executor
+
     start = time.perf_counter()
-    pool, test = split(candidates(track, world, profile, cfg.relations), cfg)
-    qa = world.table("qa_realworld" if track.name == "smollm2" else "qa")
-    folders = run_all(track, world, pool, test, qa, cfg, profile, progress)
-    preds, att, fit = collect(folders, test)
-    return TrackResult(pool, test, folders, preds, att, fit, round(time.perf_counter() - start, 1))
+    prepared = []
+    for track, world, cfg in setups:
+        pool, test = split(candidates(track, world, profile, cfg.relations), cfg)
+        qa = world.table("qa_realworld" if track.name == "smollm2" else "qa")
+        folders, tasks = plan_jobs(track, design(track, world, pool, test, qa, cfg), all_jobs(cfg), profile)
+        prepared.append((pool, test, folders, tasks))
+    executor.run_tasks([t for *_, tasks in prepared for t in tasks] + list(also), desc="study B", progress=progress,
+                       gpu=any(executor.needs_gpu(s[0]) for s in setups))
+    seconds = round(time.perf_counter() - start, 1)
+    out = []
+    for pool, test, folders, _ in prepared:
+        preds, att, fit = collect(folders, test)
+        out.append(TrackResult(pool, test, folders, preds, att, fit, seconds))
+    return out
 
 
 def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

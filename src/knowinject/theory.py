@@ -235,6 +235,17 @@ def run_all(cfg: TheoryConfig, profile: str | None = None) -> pd.DataFrame:
                         profile=profile)
 
 
+def task(cfg: TheoryConfig, profile: str | None = None) -> tuple:
+    """:func:`run_all` as an executor task ``(callable, rough seconds on one core)``, to share the workers
+    with other grids."""
+    import functools
+    return functools.partial(_compute, cfg, profile), 0.002 * len(cfg.seeds) * (cfg.pretrain_steps + cfg.finetune_epochs)
+
+
+def _compute(cfg: TheoryConfig, profile: str | None) -> None:
+    run_all(cfg, profile)
+
+
 # --- summaries and claims ---------------------------------------------------------------------------------------
 
 METRICS = {"correct": "accuracy on test facts", "subject_attention": "attention on the subject token",
