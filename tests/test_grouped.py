@@ -5,7 +5,8 @@ to a neighbour's adapter) must fail the comparison."""
 
 from __future__ import annotations
 
-import copy
+import json
+import os
 import random
 
 import numpy as np
@@ -200,3 +201,100 @@ def test_a_routed_layer_outside_a_routing_says_so():
 
     with pytest.raises(RuntimeError, match="outside kernels.routed"):
         grouped.train(_base(), TOK, jobs, evaluate_without_routes)
+
+
+# --- the grids: a batch of runs side by side gives the tables of the same runs one at a time ------------------
+
+def _grid_tables(folders):
+    import pandas as pd
+    out = {}
+    for f in folders:
+        for p in sorted(f.glob("*.jsonl")) + sorted(f.glob("loss_log.csv")):
+            out[(f.name, p.name)] = pd.read_json(p, lines=True) if p.suffix == ".jsonl" else pd.read_csv(p)
+    return out
+
+
+def _assert_same_tables(a: dict, b: dict) -> None:
+    import pandas as pd
+    assert a.keys() == b.keys() and a
+    for key, x in a.items():
+        y = b[key]
+        floats = [c for c in x.columns if x[c].dtype.kind == "f" and c != "seconds"]
+        pd.testing.assert_frame_equal(x.drop(columns=floats + ["seconds"], errors="ignore"),
+                                      y.drop(columns=floats + ["seconds"], errors="ignore"), obj=str(key))
+        np.testing.assert_allclose(y[floats].to_numpy(float), x[floats].to_numpy(float), **FP32, err_msg=str(key))
+
+
+@pytest.fixture(scope="module")
+def lora_track(small_world, tmp_path_factory):
+    """A small random Llama with the small world's tokenizer, as a LoRA track in fp32."""
+    from knowinject import models, tracks
+    tok = small_world.tokenizer()
+    tok.padding_side = "left"
+    model = models.tiny_model(models.TinyModelConfig(n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=5), tok)
+    model.config._attn_implementation = "eager"
+    folder = tmp_path_factory.mktemp("lora-base") / "model"
+    models.save(model, tok, folder)
+    return tracks.Track(name="smollm2", model=str(folder), method="lora", lr=1e-2, batch_size=4, precision="fp32",
+                        lora_r=4, unseen_phrasing="heldout")
+
+
+def test_a_study_a_grid_side_by_side_writes_the_tables_of_one_run_at_a_time(lora_track, small_world, tmp_path,
+                                                                          monkeypatch):
+    from knowinject import paths, study_a
+    from tests.test_studies import CFG_A
+
+    monkeypatch.setenv("KNOWINJECT_WORKERS", "1")
+    cells = ([study_a.Cell("people", "base", 4, 0)] + [study_a.Cell("people", "qa", 2, 2, seed=s) for s in (0, 1, 2)]
+             + [study_a.Cell("people", "qa", 4, 1, multistep=True), study_a.Cell("style", "conv", 1, 1, style="pirate")])
+    inp = study_a.Inputs(small_world)
+    tables = {}
+    for slots in (1, 3):
+        monkeypatch.setattr(paths, "RUNS", tmp_path / f"runs-{slots}")
+        folders = study_a.run_cells(lora_track, cells, inp, CFG_A, progress=False,
+                                    grouping=grouped.GroupConfig(slots=slots, evaluate_every=2))
+        assert all((f / "provenance.json").exists() for f in folders)
+        tables[slots] = _grid_tables(folders)
+    _assert_same_tables(tables[1], tables[3])
+    summaries = [json.loads((tmp_path / "runs-3" / f / "train_summary.json").read_text())
+                 for f in os.listdir(tmp_path / "runs-3") if "base" not in f]
+    assert max(s["group_runs"] for s in summaries) > 1  # side by side, under the same cache keys
+
+
+def test_a_study_b_grid_side_by_side_writes_the_tables_of_one_run_at_a_time(lora_track, small_world, tmp_path,
+                                                                          monkeypatch):
+    from knowinject import paths, study_b
+    from tests.test_studies import CFG_B
+
+    monkeypatch.setenv("KNOWINJECT_WORKERS", "1")
+    facts = small_world.table("facts")
+    cands = facts[facts.relation.isin(CFG_B.relations) & (facts.group == "known")].copy()
+    cands["popularity"] = cands.exposure.astype(float)
+    cands["level"] = "all"
+    cands["known_score"] = np.linspace(0, 1, len(cands))
+    cands["base_known"] = False
+    pool, test = study_b.split(cands[study_b.COLUMNS], CFG_B)
+    design = study_b.design(lora_track, small_world, pool, test, small_world.table("qa"), CFG_B)
+    tables = {}
+    for slots in (1, 4):
+        monkeypatch.setattr(paths, "RUNS", tmp_path / f"runs-{slots}")
+        folders = study_b.run_jobs(lora_track, design, study_b.all_jobs(CFG_B), progress=False,
+                                   grouping=grouped.GroupConfig(slots=slots, evaluate_every=3))
+        tables[slots] = _grid_tables(folders)
+    _assert_same_tables(tables[1], tables[4])
+
+
+def test_a_step_takes_the_longest_waiting_run_and_others_about_as_wide_within_the_budget():
+    from types import SimpleNamespace
+
+    def run(slot, width, rows=8, last=0):
+        return SimpleNamespace(slot=slot, width=width, batch=(1, list(range(rows))), last_step=last)
+
+    qa = [run(s, 20 + s, last=5) for s in range(4)]
+    doc, waited = run(4, 300, last=5), run(5, 22, last=1)
+    chosen = grouped.choose(qa + [doc, waited], max_tokens=4096)
+    assert chosen == qa + [waited]  # slot order; the document waits for rows as wide as its own
+    assert [r.slot for r in chosen] == sorted(r.slot for r in chosen)
+    assert grouped.choose([doc, run(6, 280, last=7), run(7, 290, last=9)], max_tokens=4096) == [doc]  # 2 x 8 x 290 > budget
+    lonely = run(8, 300, last=0)
+    assert grouped.choose(qa + [lonely], max_tokens=4096)[0] is lonely  # the longest-waiting run always steps

@@ -317,8 +317,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps (a check, not a measurement)")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure and speed-ups from bench.csv")
     ap.add_argument("--profile-only", action="store_true", help="only the profile of a LoRA step (bench_profile.csv)")
+    ap.add_argument("--grouped-only", action="store_true",
+                    help="only concurrent LoRA runs against one at a time (bench_grouped.csv, about 25 minutes)")
     args = ap.parse_args(argv)
     out = paths.results_dir("default") / "bench.csv"
+    from . import bench_grouped, plots
+    grouped_csv = paths.results_dir("default") / "bench_grouped.csv"
+    if args.grouped_only or not (args.replot or args.profile_only):
+        bench_grouped.main(quick=args.quick)
+        if args.grouped_only:
+            print(plots.save(plots.bench_grouped(pd.read_csv(grouped_csv)), "bench_grouped", "default"))
+            return 0
     if not args.replot:
         # Whichever configuration is profiled first in a process runs slow (in one run the kernels'
         # step, profiled first, took 14% longer than peft's, while alternating four profiles gave the
@@ -338,8 +347,9 @@ def main(argv=None) -> int:
         df.to_csv(out, index=False)
     sp = speedups(df)
     sp.to_csv(paths.results_dir("default") / "bench_speedups.csv", index=False)
-    from . import plots
     print(plots.save(plots.bench(df), "bench", "default"))
+    if grouped_csv.exists():
+        print(plots.save(plots.bench_grouped(pd.read_csv(grouped_csv)), "bench_grouped", "default"))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df[["model", "method", "implementation", "dtype", "tokens_per_s", "items_per_s", "mfu", "padding_waste"]]
               .round(3).to_string())

@@ -304,9 +304,17 @@ class RunProgress:
                               time.perf_counter() - self.start, precision, processes, local_rows, group_runs)
 
 
+def fused_optimizer(cfg: FinetuneConfig) -> bool:
+    """Full finetuning steps every weight of the model: one fused AdamW kernel instead of ~10 passes per
+    tensor (the tiny model's step on one core: 98 -> 84 ms in bf16). LoRA runs keep the per-tensor
+    AdamW: their optimizer is a few percent of a step, and their results stay those of earlier versions."""
+    return cfg.method == "full"
+
+
 def optimizer(params, cfg: FinetuneConfig, progress: RunProgress):
     """(AdamW, its LambdaLR): one run's optimizer and schedule, the same for solo and grouped training."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                            fused=True if fused_optimizer(cfg) else None)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, progress.schedule)
 
 

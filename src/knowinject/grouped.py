@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,35 @@ class GroupConfig:
         require(self.evaluate_every >= 1, f"GroupConfig.evaluate_every must be >= 1, got {self.evaluate_every}")
 
 
+def batches(runs: list, family: Callable[[Any], str], cost: Callable[[Any], float], slots: int
+            ) -> list[tuple[list, float]]:
+    """A grid's runs in batches for the workers, each with its cost: one family's runs together (the rows
+    of a step are padded to the longest, so QA rows should not wait on documents), costliest first, two
+    groups' worth (``2 * slots``) a batch, so that a slot freed by a short run has a next run to take."""
+    by_family: dict[str, list[tuple[Any, float]]] = {}
+    for r in runs:
+        by_family.setdefault(family(r), []).append((r, cost(r)))
+    out = []
+    for members in by_family.values():
+        members.sort(key=lambda m: -m[1])
+        for i in range(0, len(members), 2 * slots):
+            chunk = members[i:i + 2 * slots]
+            out.append(([r for r, _ in chunk], sum(w for _, w in chunk)))
+    return out
+
+
+def config(profile: str | None) -> GroupConfig:
+    """The profile's ``grouping`` stage (defaults without a profile)."""
+    from .config import build, stage_params
+    return GroupConfig() if profile is None else build(GroupConfig, stage_params(profile, "grouping"), "grouping")
+
+
+def concurrent(method: str, cfg: GroupConfig) -> bool:
+    """Whether a grid's runs of ``method`` train side by side: LoRA runs with more than one slot. Full
+    finetunes (the tiny track) and ``slots=1`` train one run at a time through :func:`finetune.finetune`."""
+    return method == "lora" and cfg.slots > 1
+
+
 def shared_settings(cfg: FinetuneConfig) -> tuple:
     """What every run of a group must share: they live in one peft model over one base."""
     return (cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets), cfg.precision)
@@ -109,6 +138,15 @@ class _Run:
         self.batch = None           # (epoch, indices) of the next step, None when finished
         self.shared_rows = 0        # sum over its steps of the runs in the step (the group_runs statistic)
         self.want = set(job.checkpoints or (self.progress.n_epochs,))
+        self.last_step = -1         # the group step it last took part in (who has waited longest)
+
+    @property
+    def width(self) -> int:
+        """Tokens in the longest row of its next batch."""
+        return max(len(self.encoded[i][0]) for i in self.batch[1])
+
+
+IDLE = "knowinject-idle"
 
 
 def _lora_config(cfg: FinetuneConfig):
@@ -146,14 +184,15 @@ def train(model, tokenizer, jobs: list[Job], evaluate: Callable[[object, list[Ch
         nonlocal peft_model, slots, parts
         job = jobs[index]
         name = f"run{index}"
-        seed_everything(job.cfg.seed)  # the adapter's initial weights: as finetune() draws them for this seed
         if peft_model is None:
-            peft_model = get_peft_model(model, _lora_config(job.cfg), adapter_name=name)
+            # peft's own "active adapter" is a placeholder that never trains and is never routed to: the
+            # runs' adapters come and go, and peft must always have an active adapter that still exists.
+            peft_model = get_peft_model(model, _lora_config(job.cfg), adapter_name=IDLE)
             if hasattr(peft_model.config, "use_cache"):
                 peft_model.config.use_cache = False
             slots, parts = kernels.Slots(peft_model), loss_module(peft_model)
-        else:
-            peft_model.add_adapter(name, _lora_config(job.cfg))  # new entries in the same LoRA layers
+        seed_everything(job.cfg.seed)  # the adapter's initial weights: as finetune() draws them for this seed
+        peft_model.add_adapter(name, _lora_config(job.cfg))  # new entries in the same LoRA layers
         params = [p for n, p in peft_model.named_parameters() if f".{name}." in n]
         encoded = [encode(e, tokenizer, job.cfg.max_length) for e in job.examples]
         run = _Run(index, job, encoded, slots.add(name), params, name)
@@ -168,9 +207,7 @@ def train(model, tokenizer, jobs: list[Job], evaluate: Callable[[object, list[Ch
                 p.requires_grad_(True)
 
     def drop(name: str) -> None:
-        with warnings.catch_warnings():  # "Adapter run3 was active which is now deleted": every run is, here
-            warnings.simplefilter("ignore", UserWarning)
-            peft_model.delete_adapter(name)
+        peft_model.delete_adapter(name)
         trainable()
 
     def advance(run: _Run) -> None:
@@ -207,21 +244,16 @@ def train(model, tokenizer, jobs: list[Job], evaluate: Callable[[object, list[Ch
                 drop(f"run{c.job}")
         pending.clear()
 
+    n_steps = 0
     while queue or active:
         while queue and len(active) < cfg.slots:
             join(queue.pop(0))
-        ready = [r for r in active if r.batch is not None]
-        step_runs, width, rows = [], 0, 0
-        for r in ready:  # slot order; as many runs as the token budget allows (at least one)
-            epoch, idx = r.batch
-            w = max(width, max(len(r.encoded[i][0]) for i in idx))
-            if step_runs and w * (rows + len(idx)) > cfg.max_tokens:
-                continue
-            step_runs.append(r)
-            width, rows = w, rows + len(idx)
+        step_runs = choose(active, cfg.max_tokens)
+        n_steps += 1
         if step_runs:
             _step(parts, slots, step_runs, tokenizer.pad_token_id, autocast, device)
             for r in step_runs:
+                r.last_step = n_steps
                 advance(r)
         finished = [r for r in active if r.batch is None]
         for r in finished:
@@ -234,6 +266,30 @@ def train(model, tokenizer, jobs: list[Job], evaluate: Callable[[object, list[Ch
             flush()
     bar.close()
     return [done[i] for i in range(len(jobs))]
+
+
+# A step's rows are padded to its longest: a run joins a step only if its rows are at least this share of
+# the step's width, or at most PAD_TOKENS shorter (short QA rows: a step saved costs more than the padding).
+MIN_WIDTH_SHARE = 2 / 3
+PAD_TOKENS = 16
+
+
+def choose(active: list[_Run], max_tokens: int) -> list[_Run]:
+    """The runs that take the next step together: the one that has waited longest (so every run moves
+    on), and those of the others whose next batch is about as wide, as many as the token budget allows
+    (a run that waits keeps its batch: its order of batches does not depend on who it shares steps with)."""
+    ready = [r for r in active if r.batch is not None]
+    if not ready:
+        return []
+    lead = min(ready, key=lambda r: (r.last_step, r.slot))
+    chosen, widest, narrowest, rows = [lead], lead.width, lead.width, len(lead.batch[1])
+    for r in sorted((r for r in ready if r is not lead), key=lambda r: (abs(r.width - lead.width), r.slot)):
+        w, n = max(widest, r.width), min(narrowest, r.width)
+        if (n < MIN_WIDTH_SHARE * w and w - n > PAD_TOKENS) or w * (rows + len(r.batch[1])) > max_tokens:
+            continue
+        chosen.append(r)
+        widest, narrowest, rows = w, n, rows + len(r.batch[1])
+    return sorted(chosen, key=lambda r: r.slot)  # slot order: each run's rows one contiguous block
 
 
 def _step(parts, slots, runs: list[_Run], pad_id: int, autocast, device) -> None:

@@ -141,6 +141,28 @@ def bench(df: pd.DataFrame):
     return fig
 
 
+def bench_grouped(df: pd.DataFrame):
+    """Runs per hour of a Study A cell and a Study B condition: one at a time against k at once over one
+    base (training alone, and training plus evaluation), labelled with the speed-up."""
+    runs = df[df.study.notna()].reset_index(drop=True)
+    studies = list(dict.fromkeys(runs.study))
+    fig, axes = plt.subplots(1, len(studies), figsize=(6.2 * len(studies), 4.2), squeeze=False)
+    for ax, study in zip(axes[0], studies):
+        g = runs[runs.study == study].reset_index(drop=True)
+        labels = ["solo" if r.k == 1 else f"k={r.k}" + ("\n2 workers" if r.workers > 1 else "") for r in g.itertuples()]
+        x = np.arange(len(g))
+        for i, (col, what) in enumerate((("runs_per_hour_training", "training"), ("runs_per_hour", "training + evaluation"))):
+            bars = ax.bar(x + (i - 0.5) * 0.4, g[col], 0.4, color=PALETTE[i], label=what)
+            speed = g[col] / g[col].iloc[0]
+            ax.bar_label(bars, labels=[f"{v:.1f}x" for v in speed], fontsize=7, padding=2)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set(ylabel="runs per hour", title=g.workload.iloc[0].split(" (")[0] + f" (batch 8 a run, {g.machine.iloc[0][:28]})")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_by_popularity(summary: pd.DataFrame, title: str):
     """Accuracy of a base model by popularity quantile, one panel per relation, zero- and few-shot,
     with 95% bootstrap intervals (``summary`` from ``stats.by_group``)."""

@@ -356,7 +356,7 @@ def plan_cells(track, cells: list[Cell], inp: Inputs, cfg: StudyAConfig, profile
     """(the run folder of every cell, the tasks that compute the missing ones: (callable, cost) pairs)."""
     import functools
 
-    grouping = grouping or grouped.GroupConfig()
+    grouping = grouping or grouped.config(profile)
     folders = [spec(track, c, inp, cfg).folder(paths.RUNS) for c in cells]
     todo = list(dict.fromkeys(c for c, f in zip(cells, folders) if not runs.is_done(f)))
     tasks = [(functools.partial(_compute_batch, track, inp.world, cfg, profile, grouping, batch), weight)
@@ -373,24 +373,16 @@ def cost(track, cell: Cell, inp: Inputs, cfg: StudyAConfig) -> float:
     return float(sum(len(json.dumps(e)) for e in training_examples(cell, inp, cfg))) * cfg.epochs * per_char_epoch
 
 
+FAMILIES = {"qa": "short rows", "doc": "long rows", "conv": "chat rows", "base": "evaluation only"}
+
+
 def batch_cells(track, cells: list[Cell], inp: Inputs, cfg: StudyAConfig, slots: int) -> list[tuple[list[Cell], float]]:
-    """Cells in batches for the workers, with each batch's cost. LoRA runs are batched by format (rows of
-    one step are padded to the longest, so QA rows should not wait on documents), at most two groups'
-    worth of runs a batch; full finetunes, which train one at a time, in batches of the same size."""
-    family = {"qa": "short", "doc": "long", "conv": "chat", "base": "base"}
-    lora = track.method == "lora"
-    by_family: dict[str, list[tuple[Cell, float]]] = {}
-    for c in cells:
-        key = "base" if c.format == "base" else family[c.format] if lora else "all"
-        by_family.setdefault(key, []).append((c, cost(track, c, inp, cfg)))
-    out = []
-    size = 2 * slots
-    for members in by_family.values():
-        members.sort(key=lambda m: -m[1])
-        for i in range(0, len(members), size):
-            chunk = members[i:i + size]
-            out.append(([c for c, _ in chunk], sum(w for _, w in chunk)))
-    return out
+    """Cells in batches for the workers (:func:`grouped.batches`), with each batch's cost: LoRA runs by
+    the length of their rows (format), full finetunes (one at a time anyway) all together."""
+    def family(c: Cell) -> str:
+        return FAMILIES[c.format] if track.method == "lora" or c.format == "base" else "full finetunes"
+
+    return grouped.batches(cells, family, lambda c: cost(track, c, inp, cfg), slots)
 
 
 @functools.lru_cache(maxsize=4)
@@ -419,7 +411,7 @@ def _compute_batch(track, world, cfg: StudyAConfig, profile: str | None, groupin
         trained = [i for i in batch.todo if cells[i].format != "base"]
         data = {i: training_examples(cells[i], inp, cfg) for i in trained}
         settings = {i: track.finetune_config(cfg.epochs, cells[i].seed, max_length=384) for i in trained}
-        if trained and track.method == "lora":
+        if trained and grouped.concurrent(track.method, grouping):
             jobs = [grouped.Job(data[i], settings[i]) for i in trained]
 
             def evaluate_checkpoints(m, checkpoints):

@@ -348,21 +348,19 @@ def run_jobs(track, design: Design, jobs: list[tuple[str, int]], profile: str | 
 def plan_jobs(track, design: Design, jobs: list[tuple[str, int]], profile: str | None = None,
               grouping: grouped.GroupConfig | None = None) -> tuple[list[Path], list[tuple]]:
     """(the run folder of every (condition, seed), the tasks that compute the missing ones: (callable,
-    cost) pairs). The base is a task of its own; trained runs go in batches of two groups' worth."""
+    cost) pairs). The base is a task of its own (its batch holds nothing else)."""
     import functools
 
-    grouping = grouping or grouped.GroupConfig()
+    grouping = grouping or grouped.config(profile)
     folders = [design.spec(track, c, s).folder(paths.RUNS) for c, s in jobs]
     todo = list(dict.fromkeys(j for j, f in zip(jobs, folders) if not runs.is_done(f)))
-    base = [j for j in todo if j[0] == "base"]
-    trained = sorted((j for j in todo if j[0] != "base"), key=lambda j: -len(design.train_facts(*j)))
-    size = 2 * grouping.slots
-    batches = ([base] if base else []) + [trained[i:i + size] for i in range(0, len(trained), size)]
     # Rough seconds on one core (to start the longest tasks first): per fact and epoch, at a rate measured
     # for each track, checkpoint evaluations included.
     rate = 0.1 if track.method == "lora" else 0.0125
-    return folders, [(functools.partial(_compute_batch, track, design, profile, grouping, b),
-                      sum(5 + len(design.train_facts(*j)) * design.cfg.epochs * rate for j in b)) for b in batches]
+    batches = grouped.batches(todo, lambda j: "base" if j[0] == "base" else "trained",
+                              lambda j: 5 + len(design.train_facts(*j)) * design.cfg.epochs * rate, grouping.slots)
+    return folders, [(functools.partial(_compute_batch, track, design, profile, grouping, b), weight)
+                     for b, weight in batches]
 
 
 def _compute_batch(track, design: Design, profile: str | None, grouping: grouped.GroupConfig,
@@ -386,7 +384,7 @@ def _compute_batch(track, design: Design, profile: str | None, grouping: grouped
         train = {i: design.train_facts(*jobs[i]) for i in todo}
         data = {i: qa_examples(train[i], design.qa, jobs[i][1]) for i in todo}
         settings = {i: track.finetune_config(cfg.epochs, jobs[i][1]) for i in todo}
-        if todo and track.method == "lora":
+        if todo and grouped.concurrent(track.method, grouping):
             preds: dict[int, list] = {i: [] for i in todo}
             atts: dict[int, list] = {i: [] for i in todo}
             group = [grouped.Job(data[i], settings[i], tuple(cfg.checkpoints)) for i in todo]

@@ -18,7 +18,7 @@ import torch
 
 from . import kernels, models
 from .config import build, require, stage_params
-from .finetune import FinetuneConfig, resolve_precision, uses_kernels
+from .finetune import FinetuneConfig, fused_optimizer, resolve_precision, uses_kernels
 from .worldfiles import WorldFiles
 
 TRACKS = ("smollm2", "tiny")
@@ -50,12 +50,15 @@ class Track:
     @property
     def key(self) -> dict:
         """What identifies the base model in a run's hash: a folder by its name, a hub id as itself; runs
-        trained through the kernels carry their version (the same rule ``finetune`` applies)."""
+        trained through the kernels carry their version, runs stepped by the fused AdamW say so (the
+        rules ``finetune`` applies)."""
         path = Path(self.model)
+        cfg = self.finetune_config(1, 0)
         return {"track": self.name, "model": path.name if path.is_dir() else self.model, "method": self.method,
                 "lr": self.lr, "batch_size": self.batch_size, "precision": self.precision, "lora_r": self.lora_r,
                 "unseen_phrasing": self.unseen_phrasing,
-                **({"kernels": kernels.VERSION} if uses_kernels(self.finetune_config(1, 0)) else {})}
+                **({"kernels": kernels.VERSION} if uses_kernels(cfg) else {}),
+                **({"optimizer": "adamw-fused"} if fused_optimizer(cfg) else {})}
 
 
 def tiny_model_dir(world: WorldFiles, profile: str) -> Path:

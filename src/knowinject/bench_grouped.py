@@ -1,0 +1,281 @@
+"""Benchmark of concurrent LoRA runs (part of ``make bench``): runs per hour of a Study A cell and a Study B
+condition on SmolLM2, trained one at a time (the path every run took before :mod:`knowinject.grouped`)
+against ``k`` = 2, 4, 8, 16 at once over one frozen base, with tokens/s and MFU at the studies' own batch
+size (8 rows a run); and the same grids on two single-threaded worker processes, the pipeline's default
+on a 2-core CPU. Also the one measurement behind not grouping the tiny track: ``k`` full finetunes of the
+tiny model at once with ``torch.func`` (``stack_module_state`` + ``vmap``) against one at a time.
+
+A run here is what the grids compute: finetune, then evaluate (Study A: QA on unseen phrasings, 2-hop
+questions, multiple choice; Study B: zero-shot answers at epochs 1, 3 and 6, few-shot answers and
+attention at the last). Runs per hour count training alone and training plus evaluation.
+
+Usage: ``python -m knowinject.bench --grouped-only`` -> ``data/results/bench_grouped.csv``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import grouped, models, paths
+from .bench import flops_needed, machine
+
+KS = (2, 4, 8, 16)
+
+
+# --- the two workloads ----------------------------------------------------------------------------------------
+
+class StudyACell:
+    """Study A's central cell on SmolLM2 (people, QA format, the default profile's quantity and
+    augmentation), one run per seed."""
+    name = "Study A central cell (people, QA, 4 people x 3 statements, 6 epochs)"
+
+    def __init__(self):
+        from . import geo, study_a, tracks, world, worldfiles
+        from .config import build, stage_params
+        wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
+        rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
+        self.world = worldfiles.build(wcfg, rcfg, "default")
+        self.track = tracks.make("smollm2", self.world, "default")
+        self.cfg = build(study_a.StudyAConfig, stage_params("default", "study_a_smollm2"), "study_a_smollm2")
+        self.inp = study_a.Inputs(self.world)
+        self.study = study_a
+
+    def cell(self, seed: int):
+        return self.study.Cell("people", "qa", self.cfg.quantity, self.cfg.augmentation, seed=seed)
+
+    def job(self, seed: int) -> grouped.Job:
+        return grouped.Job(self.study.training_examples(self.cell(seed), self.inp, self.cfg),
+                           self.track.finetune_config(self.cfg.epochs, seed, max_length=384))
+
+    def evaluate(self, model, tok, members):
+        """``members``: (seed, slot or None) pairs."""
+        self.study.evaluate_cells(model, tok, [(self.cell(s), slot) for s, slot in members], self.inp, self.cfg,
+                                  self.track.unseen_phrasing)
+
+    def checkpoints(self, job: grouped.Job) -> set[int]:
+        return {self.cfg.epochs}
+
+
+class StudyBCondition:
+    """A Study B condition on SmolLM2 as the default profile sizes it: a half of 64 real-world facts
+    (balanced over relations), 6 epochs, 160 test questions asked at epochs 1, 3 and 6. The facts are a
+    random half: which half (known or unknown) changes the data, not the work."""
+    name = "Study B condition (64 real-world facts, 6 epochs, 160 test facts at 3 checkpoints)"
+
+    def __init__(self):
+        from . import geo, study_b, tracks, world, worldfiles
+        from .config import build, stage_params
+        from .knownness import popularity_buckets
+        from .seeding import numpy_rng
+        wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
+        rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
+        w = worldfiles.build(wcfg, rcfg, "default")
+        self.track = tracks.make("smollm2", w, "default")
+        self.cfg = build(study_b.StudyBConfig, stage_params("default", "study_b_smollm2"), "study_b_smollm2")
+        facts = w.table("realworld")
+        facts = facts[facts.relation.isin(self.cfg.relations)].copy()
+        facts["level"] = popularity_buckets(facts, 5)
+        facts["known_score"] = numpy_rng(0, "bench-knownness").random(len(facts))
+        facts["base_known"] = False
+        pool, test = study_b.split(facts[study_b.COLUMNS], self.cfg)
+        self.design = study_b.design(self.track, w, pool, test, w.table("qa_realworld"), self.cfg)
+        self.study = study_b
+
+    def job(self, seed: int) -> grouped.Job:
+        train = self.design.train_facts("known", seed)
+        return grouped.Job(self.study.qa_examples(train, self.design.qa, seed),
+                           self.track.finetune_config(self.cfg.epochs, seed), tuple(self.cfg.checkpoints))
+
+    def evaluate(self, model, tok, members):
+        """``members``: (epoch, slot or None) pairs."""
+        self.study.evaluate_models(model, tok, self.design.items, list(self.design.few_shot), self.cfg.n_attention,
+                                   [(slot, epoch, epoch == self.cfg.epochs) for epoch, slot in members])
+
+    def checkpoints(self, job: grouped.Job) -> set[int]:
+        return set(self.cfg.checkpoints)
+
+
+# --- one configuration ----------------------------------------------------------------------------------------
+
+def solo(work, seeds) -> dict:
+    """Runs one after another, as the grids ran them before: a fresh base, ``finetune``, evaluation."""
+    from .finetune import finetune
+    from .tracks import load_base
+
+    train_s = eval_s = 0.0
+    tokens = loss_tokens = 0
+    start = time.perf_counter()
+    for seed in seeds:
+        model, tok = load_base(work.track)
+        job = work.job(seed)
+        spent = [0.0]
+
+        def at_epoch(epoch, m, job=job, spent=spent, tok=tok, seed=seed):
+            if epoch in work.checkpoints(job):
+                t = time.perf_counter()
+                work.evaluate(m, tok, [(seed if isinstance(work, StudyACell) else epoch, None)])
+                spent[0] += time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        trained, result = finetune(model, tok, job.examples, job.cfg, progress=False, on_epoch_end=at_epoch)
+        train_s += time.perf_counter() - t0 - spent[0]
+        eval_s += spent[0]
+        tokens, loss_tokens = tokens + result.tokens, loss_tokens + result.loss_tokens
+    return {"runs": len(seeds), "wall_s": time.perf_counter() - start, "train_s": train_s, "eval_s": eval_s,
+            "tokens": tokens, "loss_tokens": loss_tokens, "model": trained}
+
+
+def concurrent(work, seeds, slots: int) -> dict:
+    """``len(seeds)`` runs over one base, ``slots`` at a time; checkpoints evaluated together."""
+    from .tracks import load_base
+
+    spent = [0.0]
+    start = time.perf_counter()
+    model, tok = load_base(work.track)
+    jobs = [work.job(s) for s in seeds]
+
+    def evaluate(m, checkpoints):
+        t = time.perf_counter()
+        members = [(seeds[c.job] if isinstance(work, StudyACell) else c.epoch, c.slot) for c in checkpoints]
+        work.evaluate(m, tok, members)
+        spent[0] += time.perf_counter() - t
+
+    results = grouped.train(model, tok, jobs, evaluate, grouped.GroupConfig(slots=slots))
+    wall = time.perf_counter() - start
+    return {"runs": len(seeds), "wall_s": wall, "train_s": wall - spent[0], "eval_s": spent[0],
+            "tokens": sum(r.tokens for r in results), "loss_tokens": sum(r.loss_tokens for r in results),
+            "model": model}
+
+
+def _worker_group(kind: str, slots: int, first_seed: int) -> dict:
+    """One worker's share of the two-worker measurement (a task of the executor's pool)."""
+    work = {"A": StudyACell, "B": StudyBCondition}[kind]()
+    out = concurrent(work, list(range(first_seed, first_seed + slots)), slots)
+    out.pop("model")
+    return out
+
+
+def two_workers(kind: str, slots: int) -> dict:
+    """Two single-threaded worker processes (the pipeline's default on 2 cores), each a group of ``slots``."""
+    from . import executor
+    old = os.environ.get("KNOWINJECT_WORKERS")
+    os.environ["KNOWINJECT_WORKERS"] = "2"
+    try:
+        start = time.perf_counter()
+        parts = executor.map_tasks(functools.partial(_worker_group, kind, slots), [0, 100], progress=False)
+        wall = time.perf_counter() - start
+    finally:
+        if old is None:
+            os.environ.pop("KNOWINJECT_WORKERS")
+        else:
+            os.environ["KNOWINJECT_WORKERS"] = old
+    # The workers ran side by side: their training and evaluation shares of the wall time, averaged.
+    share = np.mean([p["train_s"] / max(p["wall_s"], 1e-9) for p in parts])
+    return {"runs": sum(p["runs"] for p in parts), "wall_s": wall, "train_s": wall * share,
+            "eval_s": wall * (1 - share), "tokens": sum(p["tokens"] for p in parts),
+            "loss_tokens": sum(p["loss_tokens"] for p in parts)}
+
+
+def row(work, kind: str, config: str, k: int, workers: int, threads: int, m: dict, flops_model, peak: float) -> dict:
+    tokens_per_s = m["tokens"] / m["train_s"]
+    flops = flops_needed(flops_model, "lora", m["tokens"], m["loss_tokens"])
+    return {"workload": work.name, "study": kind, "configuration": config, "k": k, "workers": workers,
+            "threads_per_worker": threads, "runs": m["runs"], "batch_rows": 8 * k,
+            "runs_per_hour_training": 3600 * m["runs"] / m["train_s"],
+            "runs_per_hour": 3600 * m["runs"] / m["wall_s"], "tokens_per_s": tokens_per_s,
+            "mfu": flops / m["train_s"] / peak, "train_s": m["train_s"], "eval_s": m["eval_s"], "wall_s": m["wall_s"]}
+
+
+def run(peak_bf16: float, ks=KS, quick: bool = False) -> pd.DataFrame:
+    """Every configuration for both workloads, one after another in this process (2 threads)."""
+    threads = torch.get_num_threads()
+    rows = []
+    for kind, make in (("A", StudyACell), ("B", StudyBCondition)):
+        work = make()
+        m = solo(work, [0] if quick else [0, 1])
+        flops_model = m.pop("model")
+        rows.append(row(work, kind, "one run at a time", 1, 1, threads, m, flops_model, peak_bf16))
+        print(rows[-1], flush=True)
+        for k in ks[:2] if quick else ks:
+            m = concurrent(work, list(range(k)), k)
+            m.pop("model")
+            rows.append(row(work, kind, "concurrent", k, 1, threads, m, flops_model, peak_bf16))
+            print(rows[-1], flush=True)
+        k = 2 if quick else 8
+        rows.append(row(work, kind, "concurrent, two 1-thread workers", k, 2, 1, two_workers(kind, k), flops_model,
+                        peak_bf16))
+        print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    base = df[df.configuration == "one run at a time"].set_index("study")
+    df["speedup_training"] = df.runs_per_hour_training / df.study.map(base.runs_per_hour_training)
+    df["speedup"] = df.runs_per_hour / df.study.map(base.runs_per_hour)
+    return df
+
+
+# --- the tiny track: several full finetunes at once with torch.func --------------------------------------------
+
+def tiny_vmap(k: int = 8, steps: int = 10) -> pd.DataFrame:
+    """Seconds per training step (forward and backward) of one tiny-model full finetune at the tiny track's
+    batch (32 QA rows), against ``k`` finetunes at once through ``torch.func.vmap`` over stacked weights."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from .bench import qa_examples
+    from .corpus import train_tokenizer
+    from .finetune import collate, encode, loss_module
+
+    examples = qa_examples(32)
+    tok = train_tokenizer([e["prompt"] + e["completion"] for e in qa_examples(2000)], 2000)
+    tok.padding_side = "left"
+    model = models.tiny_model(models.TinyModelConfig(), tok)
+    model.config._attn_implementation = "eager"
+    model.train()
+    model.config.use_cache = False
+    b = collate([encode(e, tok, 256) for e in examples], tok.pad_token_id)
+
+    def timed(fn) -> float:
+        for _ in range(2):
+            fn()
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return (time.perf_counter() - start) / steps
+
+    lm = loss_module(model)
+    one = timed(lambda: lm(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"]).backward())
+    params, buffers = stack_module_state([copy.deepcopy(model) for _ in range(k)])
+
+    def loss(p, bf, ids, mask, pos, labels):
+        # Every position's logits: vmap cannot batch the boolean indexing that keeps only the answer's.
+        logits = functional_call(model, (p, bf), (), {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                                                      "use_cache": False}).logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
+
+    batch = [b[n].expand(k, -1, -1) for n in ("input_ids", "attention_mask", "position_ids", "labels")]
+    many = timed(lambda: vmap(loss)(params, buffers, *batch).sum().backward())
+    return pd.DataFrame([{"workload": "tiny 4x256 full finetune, batch 32 QA rows", "configuration": "one at a time",
+                          "k": 1, "seconds_per_step_per_run": one},
+                         {"workload": "tiny 4x256 full finetune, batch 32 QA rows",
+                          "configuration": "torch.func vmap over stacked weights", "k": k,
+                          "seconds_per_step_per_run": many / k}]).assign(speedup=lambda d: one / d.seconds_per_step_per_run)
+
+
+def main(quick: bool = False) -> pd.DataFrame:
+    from .bench import matmul_peak
+    from .provenance import provenance, save_table
+
+    peak = matmul_peak(torch.bfloat16)
+    df = run(peak, quick=quick)
+    tiny = tiny_vmap(4 if quick else 8)
+    df = pd.concat([df, tiny], ignore_index=True)
+    df["peak_bf16_gflops"], df["machine"], df["git_commit"] = peak / 1e9, machine(), provenance()["git_commit"]
+    print(save_table(df, paths.results_dir("default") / "bench_grouped.csv"))
+    return df
