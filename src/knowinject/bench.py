@@ -319,9 +319,18 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-only", action="store_true", help="only the profile of a LoRA step (bench_profile.csv)")
     ap.add_argument("--grouped-only", action="store_true",
                     help="only concurrent LoRA runs against one at a time (bench_grouped.csv, about 25 minutes)")
+    ap.add_argument("--grouped-agreement", action="store_true",
+                    help="only: retrain SmolLM2 Study A cells one run at a time and compare them with the grouped runs "
+                         "of `make reproduce` (bench_grouped_agreement.csv, about 6 minutes)")
     args = ap.parse_args(argv)
     out = paths.results_dir("default") / "bench.csv"
     from . import bench_grouped, plots
+    if args.grouped_agreement:
+        agree = bench_grouped.agreement()
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(agree.round(4).to_string())
+        print(save_table(agree, paths.results_dir("default") / "bench_grouped_agreement.csv"))
+        return 0
     grouped_csv = paths.results_dir("default") / "bench_grouped.csv"
     if args.grouped_only or not (args.replot or args.profile_only):
         bench_grouped.main(quick=args.quick)

@@ -279,3 +279,62 @@ def main(quick: bool = False) -> pd.DataFrame:
     df["peak_bf16_gflops"], df["machine"], df["git_commit"] = peak / 1e9, machine(), provenance()["git_commit"]
     print(save_table(df, paths.results_dir("default") / "bench_grouped.csv"))
     return df
+
+
+# --- do grouped runs give the results of solo runs, on SmolLM2 in bf16? ------------------------------------------
+
+def agreement(grouped_runs=None) -> pd.DataFrame:
+    """Retrain SmolLM2 Study A cells one run at a time (``grouping.slots = 1``, the path every run took before
+    :mod:`knowinject.grouped`) into a scratch run cache, and compare each with the grouped run of the default
+    profile's notebook 04 under the same cache key (``data/runs``, which ``make reproduce`` must have filled):
+    QA exact match on unseen phrasings, answers and final training loss, run by run. The cells: A1's central
+    QA and document cells and A4's one-statement QA cell, seeds 0-2. In fp32 the two paths agree to 1e-5
+    (tests/test_grouped.py); in bf16 they round differently, and this measures what that does to results.
+
+    Usage: ``python -m knowinject.bench --grouped-agreement`` -> ``data/results/bench_grouped_agreement.csv``."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from . import geo, study_a, tracks, world, worldfiles
+    from .config import build, require, stage_params
+
+    wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
+    rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
+    w = worldfiles.build(wcfg, rcfg, "default")
+    track = tracks.make("smollm2", w, "default")
+    cfg = build(study_a.StudyAConfig, stage_params("default", "study_a_smollm2"), "study_a_smollm2")
+    inp = study_a.Inputs(w)
+    cells = [study_a.Cell("people", f, cfg.quantity, a, seed=s)
+             for f, a in (("qa", cfg.augmentation), ("doc", cfg.augmentation), ("qa", 1)) for s in (0, 1, 2)]
+    grouped_runs = Path(grouped_runs or paths.RUNS)
+    names = [study_a.spec(track, c, inp, cfg).folder(grouped_runs) for c in cells]
+    missing = [n.name for n in names if not (n / "qa.jsonl").exists()]
+    require(not missing, f"no grouped runs to compare with in {paths.show(grouped_runs)} ({len(missing)} missing, e.g. "
+            f"{missing[:1]}): run `make study-a` (the default profile's notebook 04) first")
+    with tempfile.TemporaryDirectory() as scratch:
+        # In this process (one worker): the scratch cache is this process's paths.RUNS, which spawned
+        # workers would not see.
+        old, old_workers = paths.RUNS, os.environ.get("KNOWINJECT_WORKERS")
+        paths.RUNS, os.environ["KNOWINJECT_WORKERS"] = Path(scratch), "1"
+        try:
+            solo_folders = study_a.run_cells(track, cells, inp, cfg, "default", progress=False,
+                                             grouping=grouped.GroupConfig(slots=1))
+        finally:
+            paths.RUNS = old
+            if old_workers is None:
+                os.environ.pop("KNOWINJECT_WORKERS")
+            else:
+                os.environ["KNOWINJECT_WORKERS"] = old_workers
+        rows = []
+        for cell, f, g in zip(cells, solo_folders, names):
+            a, b = (pd.read_json(x / "qa.jsonl", lines=True) for x in (f, g))
+            m = a.merge(b, on="item_id", suffixes=("_solo", "_grouped"))
+            sa, sb = (json.loads((x / "train_summary.json").read_text()) for x in (f, g))
+            rows.append({"cell": cell.slug, "format": cell.format, "augmentation": cell.augmentation, "seed": cell.seed,
+                         "items": len(m), "em_solo": m.em_solo.mean(), "em_grouped": m.em_grouped.mean(),
+                         "items_differing": int((m.em_solo != m.em_grouped).sum()),
+                         "answers_differing": int((m.prediction_solo != m.prediction_grouped).sum()),
+                         "final_loss_solo": sa["final_loss"], "final_loss_grouped": sb["final_loss"],
+                         "group_runs": sb["group_runs"]})
+    return pd.DataFrame(rows)

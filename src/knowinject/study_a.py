@@ -503,7 +503,10 @@ def collect(folders: list[Path]) -> dict[str, pd.DataFrame]:
             s = json.loads((f / "train_summary.json").read_text())
             tables["fit"].append(pd.DataFrame([{**cell, "n_examples": s["n_examples"], "final_loss": s["final_loss"],
                                                 "first_loss": s["epoch_loss"][0], "seconds": s["seconds"],
-                                                "tokens": s["tokens"]}]))
+                                                "tokens": s["tokens"],
+                                                # seconds of a run trained beside others are its group's wall
+                                                # time while it trained: shared with group_runs runs on average
+                                                "group_runs": s.get("group_runs", 1.0)}]))
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in tables.items()}
 
 

@@ -502,7 +502,8 @@ def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
             cfg = json.loads((f / "config.json").read_text())
             fits.append({"condition": cfg["condition"], "seed": cfg["seed"], "n_train": s["n_train"],
                          **{f"loss_epoch_{i + 1}": v for i, v in enumerate(s["epoch_loss"])},
-                         "seconds": s["seconds"], "tokens_per_s": s["tokens_per_s"]})
+                         "seconds": s["seconds"], "tokens_per_s": s["tokens_per_s"],
+                         "group_runs": s.get("group_runs", 1.0)})  # runs that shared its steps (and seconds)
     return preds, att, pd.DataFrame(fits)
 
 
