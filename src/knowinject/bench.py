@@ -318,7 +318,7 @@ def main(argv=None) -> int:
     ap.add_argument("--replot", action="store_true", help="only redraw the figure and speed-ups from bench.csv")
     ap.add_argument("--profile-only", action="store_true", help="only the profile of a LoRA step (bench_profile.csv)")
     ap.add_argument("--grouped-only", action="store_true",
-                    help="only concurrent LoRA runs against one at a time (bench_grouped.csv, about 25 minutes)")
+                    help="only concurrent LoRA runs against one at a time (bench_grouped.csv, about 30 minutes)")
     ap.add_argument("--grouped-agreement", action="store_true",
                     help="only: retrain SmolLM2 Study A cells one run at a time and compare them with the grouped runs "
                          "of `make reproduce` (bench_grouped_agreement.csv, about 6 minutes)")

@@ -5,8 +5,8 @@ batch train concurrently over one base, :mod:`knowinject.grouped`). Locally, ``K
 processes (``make reproduce WORKERS=n``; default: one per CPU core on a CPU, one on a GPU) take the
 tasks, largest first, each worker with an equal share of the cores as torch threads; with one worker
 the tasks run in this process. Why several single-threaded workers on a CPU: a small model's step does
-not keep two cores busy (SmolLM2 LoRA at batch 64: 869 tokens/s on 2 threads, 647 on 1, so two
-1-thread workers do 1,263 together; ``make bench``).
+not keep two cores busy (8 concurrent SmolLM2 Study A runs: 815 tokens/s in one 2-thread process, 1,014 on
+two 1-thread workers; ``bench_grouped.csv`` of ``make bench``).
 
 ``make reproduce EXECUTOR=ray`` (``KNOWINJECT_EXECUTOR=ray``) starts a local Ray instance and makes
 every task a Ray task; with ``RAY_ADDRESS`` set, the tasks join that cluster instead. A task asks for
