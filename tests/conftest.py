@@ -15,3 +15,15 @@ SMALL_REAL = dict(min_country_population=50_000_000, n_cities=30)
 def small_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("worlds")
     return worldfiles.build(world.WorldConfig(**SMALL_WORLD), geo.RealWorldConfig(**SMALL_REAL), "test", root=root)
+
+
+def small_llama(small_world, folder, seed: int):
+    """A 2-layer random Llama with the small world's tokenizer (left padding, eager attention), saved in
+    ``folder`` as a local model the tracks can load."""
+    from knowinject import models
+    tok = small_world.tokenizer()
+    tok.padding_side = "left"
+    model = models.tiny_model(models.TinyModelConfig(n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=seed), tok)
+    model.config._attn_implementation = "eager"
+    models.save(model, tok, folder)
+    return folder

@@ -228,13 +228,9 @@ def _assert_same_tables(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def lora_track(small_world, tmp_path_factory):
     """A small random Llama with the small world's tokenizer, as a LoRA track in fp32."""
-    from knowinject import models, tracks
-    tok = small_world.tokenizer()
-    tok.padding_side = "left"
-    model = models.tiny_model(models.TinyModelConfig(n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=5), tok)
-    model.config._attn_implementation = "eager"
-    folder = tmp_path_factory.mktemp("lora-base") / "model"
-    models.save(model, tok, folder)
+    from knowinject import tracks
+    from tests.conftest import small_llama
+    folder = small_llama(small_world, tmp_path_factory.mktemp("lora-base") / "model", seed=5)
     return tracks.Track(name="smollm2", model=str(folder), method="lora", lr=1e-2, batch_size=4, precision="fp32",
                         lora_r=4, unseen_phrasing="heldout")
 

@@ -232,13 +232,8 @@ def test_difference_ci_covers_the_difference_of_means():
 
 @pytest.fixture(scope="module")
 def tiny_dir(small_world, tmp_path_factory):
-    tok = small_world.tokenizer()
-    tok.padding_side = "left"
-    model = models.tiny_model(models.TinyModelConfig(n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=4), tok)
-    model.config._attn_implementation = "eager"
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    models.save(model, tok, folder)
-    return folder
+    from tests.conftest import small_llama
+    return small_llama(small_world, tmp_path_factory.mktemp("tiny") / "model", seed=4)
 
 
 def test_generation_is_the_same_with_frozen_weights(tiny_dir, small_world):

@@ -296,15 +296,10 @@ def agreement(grouped_runs=None) -> pd.DataFrame:
     import tempfile
     from pathlib import Path
 
-    from . import geo, study_a, tracks, world, worldfiles
-    from .config import build, require, stage_params
+    from .config import require
 
-    wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
-    rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
-    w = worldfiles.build(wcfg, rcfg, "default")
-    track = tracks.make("smollm2", w, "default")
-    cfg = build(study_a.StudyAConfig, stage_params("default", "study_a_smollm2"), "study_a_smollm2")
-    inp = study_a.Inputs(w)
+    work = StudyACell()  # the default profile's world, SmolLM2 track, Study A config and inputs
+    track, cfg, inp, study_a = work.track, work.cfg, work.inp, work.study
     cells = [study_a.Cell("people", f, cfg.quantity, a, seed=s)
              for f, a in (("qa", cfg.augmentation), ("doc", cfg.augmentation), ("qa", 1)) for s in (0, 1, 2)]
     grouped_runs = Path(grouped_runs or paths.RUNS)
