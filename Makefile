@@ -56,7 +56,7 @@ lint: $(STAMP) ## ruff only
 lab: $(STAMP) ## open JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks
 
-bench: $(STAMP) ## throughput benchmark (training, evaluation, concurrent LoRA runs) -> data/results/bench*.csv, figures/bench*.*
+bench: $(STAMP) ## throughput benchmark (training, evaluation, concurrent LoRA runs, what else could shorten a reproduce) -> data/results/bench*.csv, figures/bench*.*
 	$(PY) -m knowinject.bench
 
 recipe: $(STAMP) ## pretraining recipe variants of the tiny model (about 20 min) -> data/results/tiny_recipe.csv

@@ -322,9 +322,16 @@ def main(argv=None) -> int:
     ap.add_argument("--grouped-agreement", action="store_true",
                     help="only: retrain SmolLM2 Study A cells one run at a time and compare them with the grouped runs "
                          "of `make reproduce` (bench_grouped_agreement.csv, about 6 minutes)")
+    ap.add_argument("--levers-only", action="store_true",
+                    help="only what else could shorten the default reproduce: parallel pretraining, a tiny run's parts, "
+                         "Study B's evaluation (bench_levers.csv, about 5 minutes)")
     args = ap.parse_args(argv)
     out = paths.results_dir("default") / "bench.csv"
-    from . import bench_grouped, plots
+    from . import bench_grouped, bench_levers, plots
+    if args.levers_only:
+        with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+            print(bench_levers.main(quick=args.quick).drop(columns=["machine", "git_commit"]).round(3).to_string())
+        return 0
     if args.grouped_agreement:
         agree = bench_grouped.agreement()
         with pd.option_context("display.width", 200, "display.max_columns", 20):
@@ -334,6 +341,8 @@ def main(argv=None) -> int:
     grouped_csv = paths.results_dir("default") / "bench_grouped.csv"
     if args.grouped_only or not (args.replot or args.profile_only):
         bench_grouped.main(quick=args.quick)
+        if not args.grouped_only:
+            bench_levers.main(quick=args.quick)
         if args.grouped_only:
             print(plots.save(plots.bench_grouped(pd.read_csv(grouped_csv)), "bench_grouped", "default"))
             return 0

@@ -14,6 +14,7 @@ Usage: ``python -m knowinject.bench --grouped-only`` -> ``data/results/bench_gro
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -128,7 +129,7 @@ def solo(work, seeds) -> dict:
         eval_s += spent[0]
         tokens, loss_tokens = tokens + result.tokens, loss_tokens + result.loss_tokens
     return {"runs": len(seeds), "wall_s": time.perf_counter() - start, "train_s": train_s, "eval_s": eval_s,
-            "tokens": tokens, "loss_tokens": loss_tokens, "model": trained}
+            "tokens": tokens, "loss_tokens": loss_tokens, "model": trained, "tokenizer": tok}
 
 
 def concurrent(work, seeds, slots: int) -> dict:
@@ -153,6 +154,20 @@ def concurrent(work, seeds, slots: int) -> dict:
             "model": model}
 
 
+@contextlib.contextmanager
+def worker_count(n: int):
+    """The executor's local worker processes set to ``n`` (``KNOWINJECT_WORKERS``) for the block."""
+    old = os.environ.get("KNOWINJECT_WORKERS")
+    os.environ["KNOWINJECT_WORKERS"] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("KNOWINJECT_WORKERS")
+        else:
+            os.environ["KNOWINJECT_WORKERS"] = old
+
+
 def _worker_group(kind: str, slots: int, first_seed: int) -> dict:
     """One worker's share of the two-worker measurement (a task of the executor's pool)."""
     work = {"A": StudyACell, "B": StudyBCondition}[kind]()
@@ -164,17 +179,10 @@ def _worker_group(kind: str, slots: int, first_seed: int) -> dict:
 def two_workers(kind: str, slots: int) -> dict:
     """Two single-threaded worker processes (the pipeline's default on 2 cores), each a group of ``slots``."""
     from . import executor
-    old = os.environ.get("KNOWINJECT_WORKERS")
-    os.environ["KNOWINJECT_WORKERS"] = "2"
-    try:
+    with worker_count(2):
         start = time.perf_counter()
         parts = executor.map_tasks(functools.partial(_worker_group, kind, slots), [0, 100], progress=False)
         wall = time.perf_counter() - start
-    finally:
-        if old is None:
-            os.environ.pop("KNOWINJECT_WORKERS")
-        else:
-            os.environ["KNOWINJECT_WORKERS"] = old
     # The workers ran side by side: their training and evaluation shares of the wall time, averaged.
     share = np.mean([p["train_s"] / max(p["wall_s"], 1e-9) for p in parts])
     return {"runs": sum(p["runs"] for p in parts), "wall_s": wall, "train_s": wall * share,
@@ -310,17 +318,13 @@ def agreement(grouped_runs=None) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as scratch:
         # In this process (one worker): the scratch cache is this process's paths.RUNS, which spawned
         # workers would not see.
-        old, old_workers = paths.RUNS, os.environ.get("KNOWINJECT_WORKERS")
-        paths.RUNS, os.environ["KNOWINJECT_WORKERS"] = Path(scratch), "1"
+        old, paths.RUNS = paths.RUNS, Path(scratch)
         try:
-            solo_folders = study_a.run_cells(track, cells, inp, cfg, "default", progress=False,
-                                             grouping=grouped.GroupConfig(slots=1))
+            with worker_count(1):
+                solo_folders = study_a.run_cells(track, cells, inp, cfg, "default", progress=False,
+                                                 grouping=grouped.GroupConfig(slots=1))
         finally:
             paths.RUNS = old
-            if old_workers is None:
-                os.environ.pop("KNOWINJECT_WORKERS")
-            else:
-                os.environ["KNOWINJECT_WORKERS"] = old_workers
         rows = []
         for cell, f, g in zip(cells, solo_folders, names):
             a, b = (pd.read_json(x / "qa.jsonl", lines=True) for x in (f, g))
