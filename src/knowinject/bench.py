@@ -324,7 +324,7 @@ def main(argv=None) -> int:
                          "of `make reproduce` (bench_grouped_agreement.csv, about 6 minutes)")
     ap.add_argument("--levers-only", action="store_true",
                     help="only what else could shorten the default reproduce: parallel pretraining, a tiny run's parts, "
-                         "Study B's evaluation (bench_levers.csv, about 5 minutes)")
+                         "Study B's evaluation (bench_levers.csv, about 4 minutes)")
     args = ap.parse_args(argv)
     out = paths.results_dir("default") / "bench.csv"
     from . import bench_grouped, bench_levers, plots
@@ -341,11 +341,10 @@ def main(argv=None) -> int:
     grouped_csv = paths.results_dir("default") / "bench_grouped.csv"
     if args.grouped_only or not (args.replot or args.profile_only):
         bench_grouped.main(quick=args.quick)
-        if not args.grouped_only:
-            bench_levers.main(quick=args.quick)
         if args.grouped_only:
             print(plots.save(plots.bench_grouped(pd.read_csv(grouped_csv)), "bench_grouped", "default"))
             return 0
+        bench_levers.main(quick=args.quick)
     if not args.replot:
         # Whichever configuration is profiled first in a process runs slow (in one run the kernels'
         # step, profiled first, took 14% longer than peft's, while alternating four profiles gave the

@@ -31,17 +31,25 @@ KS = (2, 4, 8, 16)
 
 # --- the two workloads ----------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def default_world():
+    """The default profile's world (notebook 01's cached run), built once per process."""
+    from . import geo, world, worldfiles
+    from .config import build, stage_params
+    wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
+    rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
+    return worldfiles.build(wcfg, rcfg, "default")
+
+
 class StudyACell:
     """Study A's central cell on SmolLM2 (people, QA format, the default profile's quantity and
     augmentation), one run per seed."""
     name = "Study A central cell (people, QA, 4 people x 3 statements, 6 epochs)"
 
     def __init__(self):
-        from . import geo, study_a, tracks, world, worldfiles
+        from . import study_a, tracks
         from .config import build, stage_params
-        wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
-        rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
-        self.world = worldfiles.build(wcfg, rcfg, "default")
+        self.world = default_world()
         self.track = tracks.make("smollm2", self.world, "default")
         self.cfg = build(study_a.StudyAConfig, stage_params("default", "study_a_smollm2"), "study_a_smollm2")
         self.inp = study_a.Inputs(self.world)
@@ -70,13 +78,11 @@ class StudyBCondition:
     name = "Study B condition (64 real-world facts, 6 epochs, 160 test facts at 3 checkpoints)"
 
     def __init__(self):
-        from . import geo, study_b, tracks, world, worldfiles
+        from . import study_b, tracks
         from .config import build, stage_params
         from .knownness import popularity_buckets
         from .seeding import numpy_rng
-        wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
-        rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
-        w = worldfiles.build(wcfg, rcfg, "default")
+        w = default_world()
         self.track = tracks.make("smollm2", w, "default")
         self.cfg = build(study_b.StudyBConfig, stage_params("default", "study_b_smollm2"), "study_b_smollm2")
         facts = w.table("realworld")

@@ -21,7 +21,6 @@ Usage: ``python -m knowinject.bench --levers-only [--quick]`` -> ``data/results/
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
 from dataclasses import replace
@@ -31,17 +30,7 @@ import torch
 
 from . import paths
 from .bench import flops_needed, machine, matmul_peak, param_split
-from .bench_grouped import StudyBCondition, worker_count
-
-
-@functools.lru_cache(maxsize=1)
-def _default_world():
-    from . import geo, world, worldfiles
-    from .config import build, stage_params
-    wcfg = build(world.WorldConfig, stage_params("default", "world"), "world")
-    rcfg = build(geo.RealWorldConfig, stage_params("default", "realworld"), "realworld")
-    return worldfiles.build(wcfg, rcfg, "default")
-
+from .bench_grouped import StudyBCondition, default_world, solo, worker_count
 
 # --- notebook 02: the two pretrainings, in turn or side by side ----------------------------------------------
 
@@ -52,7 +41,7 @@ def _pretrain_slice(n_docs: int) -> dict:
     from .config import build, stage_params
 
     cfg = replace(build(pretrain.PretrainConfig, stage_params("default", "pretrain"), "pretrain"), epochs=1)
-    w = _default_world()
+    w = default_world()
     tok = w.tokenizer()
     tok.padding_side = "left"
     model = models.tiny_model(cfg.model_config(), tok)
@@ -95,7 +84,7 @@ def tiny_run(threads: int = 1) -> list[dict]:
     torch.set_num_threads(threads)
     try:
         peak = matmul_peak(torch.bfloat16)
-        w = _default_world()
+        w = default_world()
         track = tracks.make("tiny", w, "default")
         cfg = build(study_a.StudyAConfig, stage_params("default", "study_a_tiny"), "study_a_tiny")
         inp = study_a.Inputs(w)
@@ -123,7 +112,6 @@ def tiny_run(threads: int = 1) -> list[dict]:
 
 def study_b_eval() -> list[dict]:
     from . import mechanism, study_b
-    from .bench_grouped import solo
 
     work = StudyBCondition()
     items, few_shot, n_att = work.design.items, list(work.design.few_shot), work.cfg.n_attention
@@ -133,9 +121,6 @@ def study_b_eval() -> list[dict]:
     peak = matmul_peak(torch.bfloat16)
     body, head = param_split(model)
 
-    def prompt_tokens(prompts):
-        return sum(len(tok(p).input_ids) for p in prompts)
-
     def answered(prompts):
         # Every prompt token and every answer token (and the newline that ends it) passes through the whole
         # model once, the vocabulary projection included (generate's prefill keeps every logit): a lower
@@ -144,7 +129,7 @@ def study_b_eval() -> list[dict]:
         with torch.no_grad():
             preds = study_b._score(model, tok, items, prompts).prediction
         seconds = time.perf_counter() - start
-        tokens = prompt_tokens(prompts) + sum(len(tok(" " + p).input_ids) + 1 for p in preds)
+        tokens = sum(len(tok(p).input_ids) for p in prompts) + sum(len(tok(" " + p).input_ids) + 1 for p in preds)
         return seconds, tokens
 
     start = time.perf_counter()
