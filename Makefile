@@ -60,7 +60,7 @@ bench: $(STAMP) ## throughput benchmark (training, evaluation, concurrent LoRA r
 	$(PY) -m knowinject.bench
 
 recipe: $(STAMP) ## pretraining recipe variants of the tiny model (about 20 min) -> data/results/tiny_recipe.csv
-	$(PY) -m knowinject.recipe
+	$(PY) -m knowinject.bench.recipe
 
 data: check-profile $(STAMP) ## notebook 01: generate the synthetic world, real-world facts and every rendering
 	$(RUN) 01

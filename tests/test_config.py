@@ -7,9 +7,13 @@ import sys
 
 import pytest
 
-from knowinject import config, paths, pipeline, world
-from knowinject.config import ConfigError, build
-from knowinject.runs import cached_run, is_done
+from knowinject.core import config, paths
+from knowinject.core.config import ConfigError, build
+from knowinject.core.runs import cached_run, is_done
+
+from knowinject.data import world
+
+from knowinject import pipeline
 
 
 def test_unknown_profile_names_the_valid_ones():
@@ -37,7 +41,7 @@ def test_pipeline_reports_a_broken_profile_without_a_traceback(tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(paths.ROOT / "notebooks", root / "notebooks")
     (root / "notebooks" / "params" / "smoke.yaml").write_text("stages: {world: [1, 2}\n")
-    code = ("import sys; from pathlib import Path; from knowinject import paths, pipeline; "
+    code = ("import sys; from pathlib import Path; from knowinject import pipeline; from knowinject.core import paths; "
             f"paths.PARAMS = Path({str(root / 'notebooks' / 'params')!r}); sys.exit(pipeline.main(['--profile', 'smoke']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -52,7 +56,7 @@ def test_wrong_type_names_the_parameter():
 
 
 def test_every_profile_builds_valid_configs():
-    from knowinject import geo
+    from knowinject.data import geo
     for profile in config.PROFILES:
         build(world.WorldConfig, config.stage_params(profile, "world"))
         build(geo.RealWorldConfig, config.stage_params(profile, "realworld"))
@@ -105,7 +109,7 @@ def test_interrupted_run_leaves_nothing_and_is_redone(tmp_path):
 
 
 def test_paths_are_anchored_on_the_package():
-    assert (paths.ROOT / "src" / "knowinject" / "paths.py").exists()
+    assert (paths.ROOT / "src" / "knowinject" / "core" / "paths.py").exists()
     assert paths.PARAMS == paths.ROOT / "notebooks" / "params"
 
 

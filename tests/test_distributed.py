@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from knowinject import models
+from knowinject.train import models
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def setup(small_world, tmp_path_factory):
 
 
 def _run(setup, out, processes):
-    args = ["-m", "knowinject.finetune", "--model", str(setup / "model"), "--examples", str(setup / "train.jsonl"),
+    args = ["-m", "knowinject.train.launch", "--model", str(setup / "model"), "--examples", str(setup / "train.jsonl"),
             "--out", str(setup / out), "--method", "full", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
             "--precision", "fp32", "--log-every", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -59,6 +59,6 @@ def test_two_process_ddp_matches_one_process(setup):
 
 
 def test_cli_says_what_is_wrong(setup):
-    r = subprocess.run([sys.executable, "-m", "knowinject.finetune", "--model", str(setup / "model"),
+    r = subprocess.run([sys.executable, "-m", "knowinject.train.launch", "--model", str(setup / "model"),
                         "--examples", str(setup / "nowhere.jsonl")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "does not exist" in r.stderr

@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from knowinject import paths
+from knowinject.core import paths
 
 
 def _pins(lines):

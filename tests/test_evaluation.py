@@ -7,9 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from knowinject import evaluate, mechanism, models, persona, render
-from knowinject.finetune import FinetuneConfig, finetune
-from knowinject.templates import STYLES
+from knowinject.data import render
+from knowinject.data.templates import STYLES
+
+from knowinject.train import models
+from knowinject.train.finetune import FinetuneConfig, finetune
+
+from knowinject.eval import evaluate, mechanism, persona
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from knowinject import executor, runs
+from knowinject.core import executor, runs
 
 
 def _slow_count(counter, tmp):

@@ -1,4 +1,4 @@
-"""Reference tests for concurrent LoRA training (knowinject.grouped): k runs trained side by side over one
+"""Reference tests for concurrent LoRA training (knowinject.train.grouped): k runs trained side by side over one
 frozen base give the losses and adapters of the same k runs trained alone with finetune(), and their
 checkpoints evaluated in one routed pass give what each adapter gives alone. A mutation (one row routed
 to a neighbour's adapter) must fail the comparison."""
@@ -16,8 +16,10 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers import models as tokmodels
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from knowinject import evaluate, grouped, kernels, mechanism
-from knowinject.finetune import FinetuneConfig, finetune
+from knowinject.train import grouped, kernels
+from knowinject.train.finetune import FinetuneConfig, finetune
+
+from knowinject.eval import evaluate, mechanism
 
 FP32 = {"rtol": 1e-5, "atol": 1e-5}
 # bf16: the base's matmuls over 2-4 runs' rows at once take other kernel paths than over one run's rows,
@@ -228,7 +230,8 @@ def _assert_same_tables(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def lora_track(small_world, tmp_path_factory):
     """A small random Llama with the small world's tokenizer, as a LoRA track in fp32."""
-    from knowinject import tracks
+    from knowinject.train import tracks
+
     from tests.conftest import small_llama
     folder = small_llama(small_world, tmp_path_factory.mktemp("lora-base") / "model", seed=5)
     return tracks.Track(name="smollm2", model=str(folder), method="lora", lr=1e-2, batch_size=4, precision="fp32",
@@ -237,18 +240,22 @@ def lora_track(small_world, tmp_path_factory):
 
 def test_a_study_a_grid_side_by_side_writes_the_tables_of_one_run_at_a_time(lora_track, small_world, tmp_path,
                                                                           monkeypatch):
-    from knowinject import paths, study_a
+    from knowinject.core import paths
+
+    from knowinject.studies import study_a
+
     from tests.test_studies import CFG_A
 
     monkeypatch.setenv("KNOWINJECT_WORKERS", "1")
-    cells = ([study_a.Cell("people", "base", 4, 0)] + [study_a.Cell("people", "qa", 2, 2, seed=s) for s in (0, 1, 2)]
-             + [study_a.Cell("people", "qa", 4, 1, multistep=True), study_a.Cell("style", "conv", 1, 1, style="pirate")])
-    inp = study_a.Inputs(small_world)
+    Cell = study_a.design.Cell
+    cells = ([Cell("people", "base", 4, 0)] + [Cell("people", "qa", 2, 2, seed=s) for s in (0, 1, 2)]
+             + [Cell("people", "qa", 4, 1, multistep=True), Cell("style", "conv", 1, 1, style="pirate")])
+    inp = study_a.design.Inputs(small_world)
     tables = {}
     for slots in (1, 3):
         monkeypatch.setattr(paths, "RUNS", tmp_path / f"runs-{slots}")
-        folders = study_a.run_cells(lora_track, cells, inp, CFG_A, progress=False,
-                                    grouping=grouped.GroupConfig(slots=slots, evaluate_every=2))
+        folders = study_a.compute.run_cells(lora_track, cells, inp, CFG_A,
+                                            grouped.GroupConfig(slots=slots, evaluate_every=2), progress=False)
         assert all((f / "provenance.json").exists() for f in folders)
         tables[slots] = _grid_tables(folders)
     _assert_same_tables(tables[1], tables[3])
@@ -259,7 +266,10 @@ def test_a_study_a_grid_side_by_side_writes_the_tables_of_one_run_at_a_time(lora
 
 def test_a_study_b_grid_side_by_side_writes_the_tables_of_one_run_at_a_time(lora_track, small_world, tmp_path,
                                                                           monkeypatch):
-    from knowinject import paths, study_b
+    from knowinject.core import paths
+
+    from knowinject.studies import study_b
+
     from tests.test_studies import CFG_B
 
     monkeypatch.setenv("KNOWINJECT_WORKERS", "1")
@@ -269,13 +279,13 @@ def test_a_study_b_grid_side_by_side_writes_the_tables_of_one_run_at_a_time(lora
     cands["level"] = "all"
     cands["known_score"] = np.linspace(0, 1, len(cands))
     cands["base_known"] = False
-    pool, test = study_b.split(cands[study_b.COLUMNS], CFG_B)
-    design = study_b.design(lora_track, small_world, pool, test, small_world.table("qa"), CFG_B)
+    pool, test = study_b.design.split(cands[study_b.design.COLUMNS], CFG_B)
+    design = study_b.compute.make_design(lora_track, small_world, pool, test, small_world.table("qa"), CFG_B)
     tables = {}
     for slots in (1, 4):
         monkeypatch.setattr(paths, "RUNS", tmp_path / f"runs-{slots}")
-        folders = study_b.run_jobs(lora_track, design, study_b.all_jobs(CFG_B), progress=False,
-                                   grouping=grouped.GroupConfig(slots=slots, evaluate_every=3))
+        folders = study_b.compute.run_jobs(lora_track, design, study_b.design.all_jobs(CFG_B),
+                                           grouped.GroupConfig(slots=slots, evaluate_every=3), progress=False)
         tables[slots] = _grid_tables(folders)
     _assert_same_tables(tables[1], tables[4])
 

@@ -8,8 +8,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from knowinject import kernels
-from knowinject.finetune import FinetuneConfig, loss_module, prepare
+from knowinject.train import kernels
+from knowinject.train.encoding import loss_module
+from knowinject.train.finetune import FinetuneConfig, prepare
 
 
 def _lora_model(dtype=torch.float32, dropout=0.0):
@@ -108,7 +109,7 @@ def test_forwards_are_restored_and_uncovered_layers_keep_theirs():
 
 def test_lora_runs_have_their_own_cache_key():
     """Runs trained through the kernels are not the runs trained through peft's forward."""
-    from knowinject.tracks import Track
+    from knowinject.train.tracks import Track
 
     lora = Track("smollm2", "x", "lora", 1e-3, 8, "bf16", 16, "heldout")
     full = Track("tiny", "x", "full", 1e-3, 8, "fp32", 16, "heldout")

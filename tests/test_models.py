@@ -7,8 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from knowinject import evaluate, models, render
-from knowinject.finetune import FinetuneConfig, batch_loss, collate, encode, finetune
+from knowinject.data import render
+
+from knowinject.train import models
+from knowinject.train.encoding import batch_loss, collate, encode
+from knowinject.train.finetune import FinetuneConfig, finetune
+
+from knowinject.eval import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +178,7 @@ def _lora_llama(vocab_size: int):
     """A grouped-query Llama wrapped in LoRA (random B, so the adapters count): the SmolLM2 path."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from knowinject.finetune import prepare
+    from knowinject.train.finetune import prepare
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -13,7 +13,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from knowinject import findings, paths, pipeline
+from knowinject.core import paths
+
+from knowinject.studies import findings
+
+from knowinject import pipeline
 
 NOTEBOOKS = pipeline.notebooks()
 
@@ -210,9 +214,10 @@ def test_study_b_grid_on_ray_gives_the_in_process_tables(smoke_run, tmp_path):
     out = tmp_path / "05.ipynb"
     assert "Ray tasks" in out.read_text(), "the grid did not run on Ray"
     ray_results, local = data / "results" / "smoke", _results(smoke_run)
-    from knowinject import study_b
-    from knowinject.config import build, stage_params
-    cfg = build(study_b.StudyBConfig, stage_params("smoke", "study_b_tiny"), "study_b_tiny")
+    from knowinject.core.config import build, stage_params
+
+    from knowinject.studies import study_b
+    cfg = build(study_b.design.StudyBConfig, stage_params("smoke", "study_b_tiny"), "study_b_tiny")
     grid = [f for f in (data / "runs").glob("study-b-tiny-*") if "-candidates-" not in f.name]  # base + conditions
     assert len(grid) == 1 + len(cfg.seeds) * len(cfg.conditions)
     for name in ("study_b_accuracy.csv", "study_b_by_level.csv"):

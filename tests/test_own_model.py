@@ -13,7 +13,9 @@ import sys
 import pandas as pd
 import pytest
 
-from knowinject import models, paths
+from knowinject.core import paths
+
+from knowinject.train import models
 
 FOLDER_NAME = "My-Llama_v2"
 SLUG = "my-llama-v2"
@@ -43,7 +45,7 @@ def test_slug_names_folders_and_hub_ids(tmp_path, monkeypatch):
     assert models.slug("meta-llama/Llama-2-7b-hf") == "meta-llama-llama-2-7b-hf"
     assert models.slug(f"/models/{FOLDER_NAME}/") == SLUG
     assert paths.results_dir("smoke", "smollm2") == paths.results_dir("smoke")
-    assert paths.results_dir("default", "org/Model") == tmp_path / "default" / "org-model"
+    assert paths.results_dir("default", models.slug("org/Model")) == tmp_path / "default" / "org-model"
     assert paths.results_dir("default") == tmp_path and paths.results_dir("full", "smollm2") == tmp_path / "full"
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowinject import models, pretrain
-from knowinject.config import ConfigError
-from knowinject.finetune import batch_loss
+from knowinject.core.config import ConfigError
+
+from knowinject.train import models, pretrain
+from knowinject.train.encoding import batch_loss
 
 
 @pytest.fixture(scope="module")

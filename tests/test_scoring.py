@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from knowinject.scoring import contains_match, exact_match, first_line, normalize_answer, parse_number
+from knowinject.eval.scoring import contains_match, exact_match, first_line, normalize_answer, parse_number
 
 
 @pytest.mark.parametrize("prediction, aliases, expected", [

@@ -11,10 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
-from knowinject import evaluate, findings, mechanism, models, paths, stats, study_a, study_b, theory, tracks, world
-from knowinject.config import ConfigError
-from knowinject.finetune import FinetuneConfig, finetune
-from knowinject.render import qa_prompt
+from knowinject.core import paths
+from knowinject.core.config import ConfigError
+
+from knowinject.data import world
+from knowinject.data.render import qa_prompt
+
+from knowinject.train import models, tracks
+from knowinject.train.finetune import FinetuneConfig, finetune
+from knowinject.train.grouped import GroupConfig
+
+from knowinject.eval import evaluate, mechanism
+
+from knowinject.studies import findings, study_a, study_b, theory
+
+from knowinject import stats
 
 # --- Study B ---------------------------------------------------------------------------------------------
 
@@ -29,16 +40,16 @@ def candidates(small_world):
                     level=world.exposure_buckets(c.exposure).astype(str))
 
 
-CFG_B = study_b.StudyBConfig(relations=("birth_city", "employer", "university", "profession"), half_size=24,
+CFG_B = study_b.design.StudyBConfig(relations=("birth_city", "employer", "university", "profession"), half_size=24,
                              n_test=40, epochs=2, checkpoints=(1, 2), seeds=(0, 1), k_shot=2, n_attention=4)
 
 
 def test_study_b_pool_and_test_subjects_are_disjoint_and_balanced(candidates):
-    pool, test = study_b.split(candidates, CFG_B)
+    pool, test = study_b.design.split(candidates, CFG_B)
     assert not set(pool.subject) & set(test.subject)
     assert pool.groupby("relation").size().tolist() == [12] * 4 and len(test) == 40
     for cond in CFG_B.conditions:
-        facts = study_b.condition_facts(pool, cond, seed=0)
+        facts = study_b.design.condition_facts(pool, cond, seed=0)
         assert not set(facts.subject) & set(test.subject), cond
         assert len(facts) == (len(pool) if cond == "whole" else len(pool) // 2), cond
         if cond != "whole":
@@ -46,12 +57,12 @@ def test_study_b_pool_and_test_subjects_are_disjoint_and_balanced(candidates):
 
 
 def test_study_b_stratified_test_set_has_the_same_facts_per_relation_and_level(candidates):
-    cfg = study_b.StudyBConfig(relations=CFG_B.relations, half_size=16, n_test=48, epochs=2, checkpoints=(1, 2),
+    cfg = study_b.design.StudyBConfig(relations=CFG_B.relations, half_size=16, n_test=48, epochs=2, checkpoints=(1, 2),
                                stratify=True, n_attention=4)
     subjects = sorted(candidates.subject.unique())
     level = {s: f"L{i % 3}" for i, s in enumerate(subjects)}  # three equally filled popularity levels
     candidates = candidates.assign(level=candidates.subject.map(level))
-    pool, test = study_b.split(candidates, cfg)
+    pool, test = study_b.design.split(candidates, cfg)
     assert not set(pool.subject) & set(test.subject)
     levels = sorted(candidates["level"].unique())
     counts = test.groupby(["relation", "level"]).size()
@@ -61,111 +72,111 @@ def test_study_b_stratified_test_set_has_the_same_facts_per_relation_and_level(c
 
 
 def test_study_b_halves_split_by_the_score_within_each_relation(candidates):
-    pool, _ = study_b.split(candidates, CFG_B)
-    known, unknown = (study_b.condition_facts(pool, c, 0) for c in ("known", "unknown"))
+    pool, _ = study_b.design.split(candidates, CFG_B)
+    known, unknown = (study_b.design.condition_facts(pool, c, 0) for c in ("known", "unknown"))
     for rel in CFG_B.relations:
         assert known[known.relation == rel].known_score.min() >= unknown[unknown.relation == rel].known_score.max()
-    pop, unpop = (study_b.condition_facts(pool, c, 0) for c in ("popular", "unpopular"))
+    pop, unpop = (study_b.design.condition_facts(pool, c, 0) for c in ("popular", "unpopular"))
     assert pop.popularity.mean() >= unpop.popularity.mean()
-    a, b = (set(study_b.condition_facts(pool, "random", s).fact_id) for s in (0, 1))
+    a, b = (set(study_b.design.condition_facts(pool, "random", s).fact_id) for s in (0, 1))
     assert a != b  # the random half is drawn per training seed
-    assert set(study_b.condition_facts(pool, "known", 0).fact_id) == set(known.fact_id)  # deterministic
+    assert set(study_b.design.condition_facts(pool, "known", 0).fact_id) == set(known.fact_id)  # deterministic
     with pytest.raises(ValueError, match="unknown condition 'famous'"):
-        study_b.condition_facts(pool, "famous", 0)
+        study_b.design.condition_facts(pool, "famous", 0)
 
 
 def test_study_b_trains_on_training_templates_and_tests_on_other_phrasings(candidates, small_world):
     qa = small_world.table("qa")
-    pool, test = study_b.split(candidates, CFG_B)
-    train_prompts = {e["prompt"] for e in study_b.qa_examples(pool, qa, 0)}
+    pool, test = study_b.design.split(candidates, CFG_B)
+    train_prompts = {e["prompt"] for e in study_b.design.qa_examples(pool, qa, 0)}
     assert train_prompts <= set(qa[qa.template_split == "train"].prompt)
-    held = study_b.test_items(test, qa, "heldout", 0)
+    held = study_b.design.test_items(test, qa, "heldout", 0)
     assert set(held.item_id) <= set(qa[qa.template_split == "heldout"].item_id)
     assert not set(held.prompt) & train_prompts and set(held.fact_id) == set(test.fact_id)
     # The tiny track asks training templates, but only about test facts no condition trains on.
-    unused = study_b.test_items(test, qa, "unused-train", 0)
+    unused = study_b.design.test_items(test, qa, "unused-train", 0)
     assert not set(unused.prompt) & train_prompts
 
 
 def test_study_b_config_errors_say_what_to_fix():
     with pytest.raises(ConfigError, match="checkpoints must lie in 1..epochs and end at epochs"):
-        study_b.StudyBConfig(epochs=5, checkpoints=(1, 3))
+        study_b.design.StudyBConfig(epochs=5, checkpoints=(1, 3))
     with pytest.raises(ConfigError, match="splits: unknown"):
-        study_b.StudyBConfig(splits=("fame",))
+        study_b.design.StudyBConfig(splits=("fame",))
 
 
 def test_generic_flags_mark_wrong_answers_equal_to_the_runs_modal_answer():
     preds = pd.DataFrame({"condition": "known", "seed": 0, "epoch": 1, "prompt": "zero-shot", "relation": "capital",
                           "prediction": [" Paris", " Paris", " Paris", " Rome"], "em": [True, False, False, False]})
-    assert study_b.generic_flags(preds).tolist() == [False, True, True, False]
+    assert study_b.compute.generic_flags(preds).tolist() == [False, True, True, False]
 
 
 # --- Study A ---------------------------------------------------------------------------------------------
 
-CFG_A = study_a.StudyAConfig(seeds=(0,), epochs=1, quantities=(2, 4), quantity=2, augmentations=(1, 2),
+CFG_A = study_a.design.StudyAConfig(seeds=(0,), epochs=1, quantities=(2, 4), quantity=2, augmentations=(1, 2),
                              augmentation=2, n_events=2, n_personas=1, n_helpers=2, n_anchor=3,
                              styles=("pirate",), n_style_examples=4, max_style_tokens=8)
 
 
 @pytest.mark.parametrize("phrasing", ["heldout", "unused-train"])
 def test_study_a_never_evaluates_a_phrasing_it_trained_on(small_world, phrasing):
-    inp = study_a.Inputs(small_world)
-    for cell in study_a.grid(CFG_A):
+    inp = study_a.design.Inputs(small_world)
+    for cell in study_a.design.grid(CFG_A):
         if cell.subject == "style":
             continue
         trained = set()
-        for e in study_a.training_examples(cell, inp, CFG_A):
+        for e in study_a.design.training_examples(cell, inp, CFG_A):
             trained.add(e.get("prompt") or e.get("text") or e["messages"][0]["content"])
-        facts = study_a.subjects_for(inp.facts, cell, CFG_A)
-        items = study_a.qa_eval_items(inp.qa, facts.fact_id, phrasing, max(CFG_A.augmentations))
+        facts = study_a.design.subjects_for(inp.facts, cell, CFG_A)
+        items = study_a.design.qa_eval_items(inp.qa, facts.fact_id, phrasing, max(CFG_A.augmentations))
         assert len(items) and not set(items.prompt) & trained, cell
         questions = set(items.question)
         assert not any(q in t for q in questions for t in trained if len(t) > 40), cell
-        two_hop = study_a.multistep_eval_items(inp.multistep, facts, phrasing)
+        two_hop = study_a.design.multistep_eval_items(inp.multistep, facts, phrasing)
         assert not set(two_hop.prompt) & trained, cell
 
 
 def test_study_a_formats_state_every_fact_the_same_number_of_times(small_world):
-    inp = study_a.Inputs(small_world)
-    facts = study_a.subjects_for(inp.facts, study_a.Cell("people", "qa", 2, 2), CFG_A)
+    inp = study_a.design.Inputs(small_world)
+    facts = study_a.design.subjects_for(inp.facts, study_a.design.Cell("people", "qa", 2, 2), CFG_A)
     for a in (1, 2):
-        qa = study_a.examples(facts, "qa", a, seed=0)
-        docs = study_a.examples(facts, "doc", a, seed=0)
-        conv = study_a.examples(facts, "conv", a, seed=0)
+        qa = study_a.design.examples(facts, "qa", a, seed=0)
+        docs = study_a.design.examples(facts, "doc", a, seed=0)
+        conv = study_a.design.examples(facts, "conv", a, seed=0)
         assert len(qa) == len(conv) == len(facts) * a and len(docs) == facts.subject.nunique() * a
         for f in facts.itertuples():
             assert sum(str(f.value) in d["text"] for d in docs if f.subject in d["text"]) == a
             assert sum(e["completion"] == f" {f.value}\n" and f.subject in e["prompt"] for e in qa) == a
     with pytest.raises(ValueError, match="unknown format 'poem'"):
-        study_a.examples(facts, "poem", 1, seed=0)
+        study_a.design.examples(facts, "poem", 1, seed=0)
 
 
 def test_study_a_quantities_are_nested_and_helpers_are_outside(small_world):
-    inp = study_a.Inputs(small_world)
-    small, large = (set(study_a.subjects_for(inp.facts, study_a.Cell("people", "qa", q, 2), CFG_A).subject)
+    inp = study_a.design.Inputs(small_world)
+    small, large = (set(study_a.design.subjects_for(inp.facts, study_a.design.Cell("people", "qa", q, 2), CFG_A).subject)
                     for q in (2, 4))
     assert len(small) == 2 and len(large) == 4 and small < large
-    assert not set(study_a.helpers_for(inp.facts, CFG_A).subject) & large
+    assert not set(study_a.design.helpers_for(inp.facts, CFG_A).subject) & large
 
 
 def test_claim_seeds_add_only_the_cells_the_claims_read():
-    more = study_a.StudyAConfig(**{**CFG_A.__dict__, "claim_seeds": (1,), "multistep_quantity": 4})
-    base = set(study_a.grid(study_a.StudyAConfig(**{**CFG_A.__dict__, "multistep_quantity": 4})))
-    grown = set(study_a.grid(more))
+    more = study_a.design.StudyAConfig(**{**CFG_A.__dict__, "claim_seeds": (1,), "multistep_quantity": 4})
+    base = set(study_a.design.grid(study_a.design.StudyAConfig(**{**CFG_A.__dict__, "multistep_quantity": 4})))
+    grown = set(study_a.design.grid(more))
     assert base < grown  # growing a profile adds cells and changes none
     added = grown - base
-    assert {c.seed for c in added} == {1} and added == set(study_a.claim_cells(more, 1))
+    assert {c.seed for c in added} == {1} and added == set(study_a.design.claim_cells(more, 1))
     assert not [c for c in added if c.format == "conv" or c.subject == "style"]
-    assert study_a.Cell("people", "qa", 4, 2, multistep=True, seed=1) in added
+    assert study_a.design.Cell("people", "qa", 4, 2, multistep=True, seed=1) in added
     with pytest.raises(ConfigError, match="multistep_quantity"):
-        study_a.StudyAConfig(quantities=(2, 4), quantity=2, multistep_quantity=3)
+        study_a.design.StudyAConfig(quantities=(2, 4), quantity=2, multistep_quantity=3)
 
 
 def test_study_a_config_errors_say_what_to_fix():
     with pytest.raises(ConfigError, match=r"quantity \(5\) must be one of quantities"):
-        study_a.StudyAConfig(quantities=(2, 4), quantity=5)
+        study_a.design.StudyAConfig(quantities=(2, 4), quantity=5)
     with pytest.raises(ConfigError, match="styles: unknown"):
-        study_a.StudyAConfig(styles=("sarcastic",))
+        study_a.design.StudyAConfig(styles=("sarcastic",))
 
 
 # --- verdict rules ------------------------------------------------------------------------------------------
@@ -260,17 +271,19 @@ def test_a_study_b_run_is_cached_and_evaluated_at_each_checkpoint(tiny_dir, smal
     track = tracks.Track(name="tiny", model=str(tiny_dir), method="full", lr=1e-3, batch_size=8, precision="fp32",
                          unseen_phrasing="unused-train")
     qa = small_world.table("qa")
-    cfg = study_b.StudyBConfig(relations=CFG_B.relations, half_size=8, n_test=8, epochs=2, checkpoints=(1, 2),
+    cfg = study_b.design.StudyBConfig(relations=CFG_B.relations, half_size=8, n_test=8, epochs=2, checkpoints=(1, 2),
                                seeds=(0,), splits=("knownness",), k_shot=1, n_attention=3)
-    pool, test = study_b.split(candidates, cfg)
-    items = study_b.test_items(test, qa, track.unseen_phrasing, 0)
-    folder = study_b.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg)
+    pool, test = study_b.design.split(candidates, cfg)
+    items = study_b.design.test_items(test, qa, track.unseen_phrasing, 0)
+    folder = study_b.compute.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg,
+                                 GroupConfig())
     preds = pd.read_json(folder / "predictions.jsonl", lines=True)
     assert sorted(preds.groupby(["epoch", "prompt"]).size().items()) == [((1, "zero-shot"), 8), ((2, "few-shot"), 8),
                                                                         ((2, "zero-shot"), 8)]
     att = pd.read_json(folder / "attention.jsonl", lines=True)
     assert len(att) == 3 and att.subject_share.between(0, 1).all()
-    again = study_b.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg)
+    again = study_b.compute.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg,
+                                 GroupConfig())
     assert again == folder and not list((tmp_path / "runs").glob("*.partial-*"))
 
 
@@ -278,13 +291,13 @@ def test_a_study_a_run_writes_every_evaluation(tiny_dir, small_world, monkeypatc
     monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")
     track = tracks.Track(name="tiny", model=str(tiny_dir), method="full", lr=1e-3, batch_size=8, precision="fp32",
                          unseen_phrasing="unused-train")
-    inp = study_a.Inputs(small_world)
-    folder = study_a.run_cell(track, study_a.Cell("people", "qa", 2, 2, multistep=True), inp, CFG_A)
+    inp = study_a.design.Inputs(small_world)
+    folder = study_a.compute.run_cell(track, study_a.design.Cell("people", "qa", 2, 2, multistep=True), inp, CFG_A, GroupConfig())
     names = sorted(p.name for p in folder.glob("*.jsonl"))
     assert names == ["mc.jsonl", "multistep.jsonl", "qa.jsonl"]
     qa = pd.read_json(folder / "qa.jsonl", lines=True)
     assert len(qa) == 2 * 7 and all(re.search(r"-t2$", i) for i in qa.item_id)  # the unused training template
-    style = study_a.run_cell(track, study_a.Cell("style", "conv", 1, 1, style="pirate"), inp, CFG_A)
+    style = study_a.compute.run_cell(track, study_a.design.Cell("style", "conv", 1, 1, style="pirate"), inp, CFG_A, GroupConfig())
     s = pd.read_json(style / "style.jsonl", lines=True)
     assert len(s) == 20 and set(s.target_style) == {"pirate"} and s.identified.dtype == bool
 

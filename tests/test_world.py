@@ -7,9 +7,11 @@ import filecmp
 import pandas as pd
 import pytest
 
-from knowinject import config, corpus, geo, render, world, worldfiles
-from knowinject.config import ConfigError
-from knowinject.templates import RELATIONS, TWO_HOP
+from knowinject.core import config
+from knowinject.core.config import ConfigError
+
+from knowinject.data import corpus, geo, render, world, worldfiles
+from knowinject.data.templates import RELATIONS, TWO_HOP
 
 from .conftest import SMALL_REAL, SMALL_WORLD
 

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import paths
-from .config import ConfigError, check_profile, notebook_params
+from knowinject.core import paths
+from knowinject.core.config import ConfigError, check_profile, notebook_params
 
 # papermill's inferred type names for the literals a parameters cell may hold.
 _PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .seeding import numpy_rng
+from knowinject.core.seeding import numpy_rng
 
 N_BOOT = 2000
 # Minimum detectable effect at 80% power in a two-sided 5% test: (z_0.975 + z_0.80) standard errors.

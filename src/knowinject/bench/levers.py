@@ -1,0 +1,166 @@
+"""What is left to shorten the default ``make reproduce`` once LoRA runs train side by side (part of
+``make bench``): the remaining candidate levers, each measured on the default profile's own work, so that
+whether a lever pays is a measurement and not a guess.
+
+- **Notebook 02** pretrains two tiny models (the main world's and the replication's), one after the other on
+  every core. Would two single-threaded workers, one model each, finish sooner? A slice of the corpus is
+  pretrained twice in turn with every thread, then twice side by side, and the weights that 1 and 2 threads
+  give are compared (bf16 reductions are split differently across threads).
+- **The tiny track's runs** (full finetunes, one at a time in each worker): where one run's time goes
+  (loading the base, training, evaluating) for Study A's central cell, on one thread as a worker runs it,
+  with the training step's model FLOP utilisation.
+- **Study B's evaluation**, which costs a SmolLM2 run about as much as its training: a trained run's
+  zero-shot answers at one checkpoint, its few-shot answers and its attention measurement, against its
+  training, with the FLOPs the answers' prompts need.
+
+A lever is worth building only where the work is not already bound by the CPU's matrix units: MFU here is
+against the bf16 matmul peak measured at the same thread count.
+
+Usage: ``python -m knowinject.bench --levers-only [--quick]`` -> ``data/results/bench_levers.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+
+import pandas as pd
+import torch
+
+from knowinject.core import executor, paths
+from knowinject.core.provenance import provenance, save_table
+
+from knowinject.train import models, pretrain, tracks
+from knowinject.train.finetune import finetune
+
+from knowinject.eval import mechanism
+
+from knowinject.studies import study_a, study_b
+
+from knowinject.bench.concurrent import StudyBCondition, default_config, default_track, default_world, solo, worker_count
+from knowinject.bench.machine import flops_needed, machine, matmul_peak, param_split
+
+# --- notebook 02: the two pretrainings, in turn or side by side ----------------------------------------------
+
+def _pretrain_slice(n_docs: int) -> dict:
+    """One epoch of the default pretraining recipe (torch.compile included) on the corpus's first ``n_docs``
+    documents, in this process at its thread count: seconds and a hash of the weights."""
+
+
+    cfg = replace(default_config(pretrain.PretrainConfig, "pretrain"), epochs=1)
+    w = default_world()
+    tok = w.tokenizer()
+    tok.padding_side = "left"
+    model = models.tiny_model(cfg.model_config(), tok)
+    start = time.perf_counter()
+    model, result = pretrain.train_packed(model, tok, list(w.table("corpus").text)[:n_docs], cfg, progress=False)
+    digest = hashlib.sha256(b"".join(p.detach().float().numpy().tobytes() for p in model.parameters())).hexdigest()
+    return {"seconds": time.perf_counter() - start, "weights": digest, "threads": torch.get_num_threads(),
+            "tokens": result.tokens}
+
+
+def pretraining(n_docs: int) -> list[dict]:
+
+    start = time.perf_counter()
+    serial = [_pretrain_slice(n_docs) for _ in range(2)]
+    serial_s = time.perf_counter() - start
+    with worker_count(2):
+        start = time.perf_counter()
+        side = executor.map_tasks(_pretrain_slice, [n_docs, n_docs], progress=False)
+        side_s = time.perf_counter() - start
+    same = side[0]["weights"] == serial[0]["weights"]
+    note = (f"{n_docs} corpus documents ({serial[0]['tokens']} tokens), 1 epoch, compile included; "
+            f"1 and {serial[0]['threads']} threads give {'the same' if same else 'different'} weights")
+    stage = "02 pretraining (two models)"
+    return [{"stage": stage, "part": "one after the other, all threads", "threads": serial[0]["threads"],
+             "seconds": serial_s, "speedup": 1.0, "note": note},
+            {"stage": stage, "part": "side by side, two 1-thread workers", "threads": side[0]["threads"],
+             "seconds": side_s, "speedup": serial_s / side_s, "note": note,
+             "same_weights": same}]
+
+
+# --- the tiny track: one run, as a worker computes it ---------------------------------------------------------
+
+def tiny_run(threads: int = 1) -> list[dict]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        peak = matmul_peak(torch.bfloat16)
+        w = default_world()
+        track = default_track("tiny", w)
+        cfg = default_config(study_a.design.StudyAConfig, "study_a_tiny")
+        inp = study_a.design.Inputs(w)
+        cell = study_a.design.Cell("people", "qa", cfg.quantity, cfg.augmentation, seed=0)
+        data = study_a.design.training_examples(cell, inp, cfg)
+        model, tok = tracks.load_base(track)  # warm: the first load also reads the tokenizer files
+        t0 = time.perf_counter()
+        model, tok = tracks.load_base(track)
+        t1 = time.perf_counter()
+        model, result = finetune(model, tok, data, track.finetune_config(cfg.epochs, 0, max_length=384), progress=False)
+        t2 = time.perf_counter()
+        study_a.compute.evaluate_cell(model, tok, cell, inp, cfg, track.unseen_phrasing)
+        t3 = time.perf_counter()
+    finally:
+        torch.set_num_threads(old)
+    mfu = flops_needed(model, "full", result.tokens, result.loss_tokens) / (t2 - t1) / peak
+    stage, total = f"tiny track run (Study A central cell, {len(data)} examples, {cfg.epochs} epochs)", t3 - t0
+    return [{"stage": stage, "part": part, "threads": threads, "seconds": s, "share": s / total,
+             "mfu": mfu if part == "finetune" else float("nan"),
+             "note": f"{result.tokens} training tokens" if part == "finetune" else ""}
+            for part, s in (("load the base", t1 - t0), ("finetune", t2 - t1), ("evaluate", t3 - t2))]
+
+
+# --- Study B: a run's evaluation against its training ----------------------------------------------------------
+
+def study_b_eval() -> list[dict]:
+    work = StudyBCondition()
+    items, few_shot, n_att = work.design.items, list(work.design.few_shot), work.cfg.n_attention
+    work.checkpoints = lambda job: set()  # train only: the evaluation is timed part by part below
+    m = solo(work, [0])
+    model, tok = m["model"], m["tokenizer"]
+    peak = matmul_peak(torch.bfloat16)
+    body, head = param_split(model)
+
+    def answered(prompts):
+        # Every prompt token and every answer token (and the newline that ends it) passes through the whole
+        # model once, the vocabulary projection included (generate's prefill keeps every logit): a lower
+        # bound on the FLOPs of answering (rows that finish early still ride along with their batch).
+        start = time.perf_counter()
+        with torch.no_grad():
+            preds = study_b.compute.answer_questions(model, tok, items, prompts).prediction
+        seconds = time.perf_counter() - start
+        tokens = sum(len(tok(p).input_ids) for p in prompts) + sum(len(tok(" " + p).input_ids) + 1 for p in preds)
+        return seconds, tokens
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        mechanism.attention_to_subject(model, tok, items.iloc[:n_att])
+    parts = [("training", m["train_s"], None),
+             ("attention to the subject (last checkpoint)", time.perf_counter() - start, None),
+             ("zero-shot answers, one checkpoint", *answered(list(items.prompt))),
+             ("few-shot answers (last checkpoint)", *answered(few_shot))]
+    n_ckpt = len(work.cfg.checkpoints)
+    per_run = {"training": 1, "zero-shot answers, one checkpoint": n_ckpt}
+    run_s = sum(s * per_run.get(p, 1) for p, s, _ in parts)
+    rows = []
+    for part, s, tokens in parts:
+        row = {"stage": f"Study B SmolLM2 run ({len(items)} test facts, checkpoints {list(work.cfg.checkpoints)})",
+               "part": part, "threads": torch.get_num_threads(), "seconds": s, "share": s * per_run.get(part, 1) / run_s,
+               "note": f"x{per_run[part]} a run" if per_run.get(part, 1) > 1 else ""}
+        if tokens is not None:
+            row["mfu"] = 2 * (body + head) * tokens / s / peak
+            row["note"] = (row["note"] + f"; {tokens} prompt and answer tokens (MFU: a lower bound)").lstrip("; ")
+        elif part == "training":
+            row["mfu"] = flops_needed(model, "lora", m["tokens"], m["loss_tokens"]) / s / peak
+        rows.append(row)
+    return rows
+
+
+def main(quick: bool = False) -> pd.DataFrame:
+
+    rows = pretraining(400 if quick else 8000) + tiny_run() + study_b_eval()
+    df = pd.DataFrame(rows)
+    df["machine"], df["git_commit"] = machine(), provenance()["git_commit"]
+    print(save_table(df, paths.results_dir("default") / "bench_levers.csv"))
+    return df

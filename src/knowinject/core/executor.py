@@ -1,0 +1,173 @@
+"""Where a grid's runs are computed: in local worker processes (the default), or as tasks on Ray.
+
+A grid hands over *tasks*, each a batch of runs that one worker computes together (LoRA runs of a
+batch train concurrently over one base, :mod:`knowinject.train.grouped`). Locally, ``KNOWINJECT_WORKERS``
+processes (``make reproduce WORKERS=n``; default: one per CPU core on a CPU, one on a GPU) take the
+tasks, largest first, each worker with an equal share of the cores as torch threads; with one worker
+the tasks run in this process. Why several single-threaded workers on a CPU: a small model's step does
+not keep two cores busy (8 concurrent SmolLM2 Study A runs: 815 tokens/s in one 2-thread process, 1,014 on
+two 1-thread workers; ``bench_grouped.csv`` of ``make bench``).
+
+``make reproduce EXECUTOR=ray`` (``KNOWINJECT_EXECUTOR=ray``) starts a local Ray instance and makes
+every task a Ray task; with ``RAY_ADDRESS`` set, the tasks join that cluster instead. A task asks for
+one CPU, or one GPU where its runs train on one. Tasks call the same cached-run code as the local
+workers and write into the same cache (``KNOWINJECT_DATA`` travels with them), so a later rerun
+finds every result; the claim files of :class:`runs.Batch` keep two workers from computing one run twice.
+
+Usage: ``folders = executor.map_tasks(functools.partial(compute, track, ...), batches, costs, desc="study A")``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+EXECUTORS = ("local", "ray")
+
+
+def name() -> str:
+    """The executor asked for: ``KNOWINJECT_EXECUTOR`` (local | ray); ``ray`` when ``RAY_ADDRESS`` is set."""
+    chosen = os.environ.get("KNOWINJECT_EXECUTOR", "").strip().lower()
+    if not chosen:
+        return "ray" if os.environ.get("RAY_ADDRESS") else "local"
+    if chosen not in EXECUTORS:
+        raise ValueError(f"KNOWINJECT_EXECUTOR={chosen!r} is not an executor; use one of {', '.join(EXECUTORS)} "
+                         "(e.g. make reproduce EXECUTOR=ray)")
+    return chosen
+
+
+def workers() -> int:
+    """Local worker processes: ``KNOWINJECT_WORKERS``, or one per CPU core without a GPU and one with one."""
+    raw = os.environ.get("KNOWINJECT_WORKERS", "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"KNOWINJECT_WORKERS={raw!r} must be a whole number >= 1 (e.g. make reproduce WORKERS=2)")
+        return n
+    import torch
+    return 1 if torch.cuda.is_available() else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                     else os.cpu_count() or 1)
+
+
+def needs_gpu(track) -> bool:
+    """Whether a track's runs ask Ray for a GPU: the pretrained track, on a machine with CUDA."""
+    import torch
+    return torch.cuda.is_available() and track.name == "smollm2"
+
+
+def _env_vars() -> dict[str, str]:
+    # The tasks must read and write the same data folders and see the same offline settings.
+    keep = ("KNOWINJECT_DATA", "KNOWINJECT_FIGURES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("KNOWINJECT_EXECUTOR=ray needs the ray package: `make setup` installs the pinned "
+                           "version (requirements.txt)") from None
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, runtime_env={"env_vars": _env_vars()}, include_dashboard=False,
+                 log_to_driver=False, **({} if address else {"num_cpus": int(os.environ.get("KNOWINJECT_RAY_CPUS",
+                                                                                           os.cpu_count() or 1))}))
+    return ray
+
+
+def _task(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
+    import torch
+    torch.set_num_threads(threads)  # one task per CPU: tasks must not each take every core
+    return fn(job)
+
+
+_POOL = None  # (workers, threads, ProcessPoolExecutor): kept for the life of the process (a notebook's kernel)
+
+
+def _threads(n_workers: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // n_workers)
+
+
+def _start_worker(threads: int) -> None:
+    import signal
+
+    import torch
+    torch.set_num_threads(threads)
+    # Ctrl-C (or a notebook kernel's shutdown) reaches the whole process group: the parent stops handing
+    # out tasks; a worker finishes the runs it holds (a run is renamed into place whole, or not at all).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _pool(n: int):
+    global _POOL
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if _POOL is None or _POOL[0] != n or getattr(_POOL[2], "_broken", False):
+        if _POOL is not None:
+            _POOL[2].shutdown(cancel_futures=True)
+        # spawn, not fork: a forked copy of a process that already ran torch threads can deadlock.
+        threads = _threads(n)
+        _POOL = (n, threads, ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_start_worker, initargs=(threads,)))
+    return _POOL[2]
+
+
+def map_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], costs: Iterable[float] | None = None, desc: str = "tasks",
+              progress: bool = True, gpu: bool = False) -> list[Any]:
+    """``[fn(task) for task in tasks]``, in order, computed by the executor :func:`name` chooses; ``costs``
+    (relative work per task) lets the local workers start the largest tasks first."""
+    tasks = list(tasks)
+    costs = [1.0] * len(tasks) if costs is None else list(costs)
+    if not tasks:
+        return []
+    if name() == "ray":
+        ray = _ray()
+        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(_task)
+        refs = [remote.remote(fn, t, 1) for t in tasks]
+        if progress:
+            print(f"{desc}: {len(tasks)} batches of runs as Ray tasks ({ray.available_resources().get('CPU', 0):.0f} "
+                  "CPUs free)")
+        return ray.get(refs)
+    from tqdm.auto import tqdm
+    n = min(workers(), len(tasks))
+    if n == 1:
+        return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress)]
+    from concurrent.futures import as_completed
+    pool = _pool(workers())
+    if progress:
+        print(f"{desc}: {len(tasks)} batches of runs on {workers()} local worker processes "
+              f"({_POOL[1]} thread{'s' if _POOL[1] > 1 else ''} each)")
+    order = sorted(range(len(tasks)), key=lambda i: -costs[i])  # longest first: the workers finish together
+    futures = {pool.submit(fn, tasks[i]): i for i in order}
+    out: list[Any] = [None] * len(tasks)
+    try:
+        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
+            out[futures[f]] = f.result()
+    except BaseException:  # a failed task or Ctrl-C: start nothing more (the runs already finished are kept)
+        for f in futures:
+            f.cancel()
+        raise
+    return out
+
+
+def map_runs(fn: Callable[[Any], Any], jobs: Iterable[Any], desc: str = "runs", progress: bool = True,
+             gpu: bool = False) -> list[Any]:
+    """``[fn(job) for job in jobs]``, one task per job (see :func:`map_tasks`)."""
+    return map_tasks(fn, jobs, desc=desc, progress=progress, gpu=gpu)
+
+
+def _call(task: Callable[[], Any]) -> Any:
+    return task()
+
+
+def run_tasks(tasks: list[tuple[Callable[[], Any], float]], desc: str = "tasks", progress: bool = True,
+              gpu: bool = False) -> list[Any]:
+    """Run ``(callable, cost)`` tasks (each a picklable callable of no arguments, such as a
+    ``functools.partial`` of a module-level function): tasks of several grids can share one pool."""
+    return map_tasks(_call, [t for t, _ in tasks], [c for _, c in tasks], desc=desc, progress=progress, gpu=gpu)

@@ -1,0 +1,71 @@
+"""What the pretrained tiny model stored: every question about every known person, asked in both
+template splits, read against how often the person was mentioned in the corpus (the curve Study B's
+tiny track rests on), and the checks notebook 02 prints on that curve.
+
+Usage: ``scored = storage.stored_knowledge_run(folder, world, qa_fraction, seed, profile)``;
+``by_bucket, checks = storage.storage_curve(scored)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from knowinject.core import paths
+from knowinject.core.runs import cached_table
+
+from knowinject.data import corpus
+from knowinject.data.world import EXPOSURE_LABELS, exposure_buckets
+from knowinject.data.worldfiles import WorldFiles
+
+from knowinject.train import models
+
+from knowinject.eval import evaluate
+
+
+def stored_knowledge(model, tokenizer, world: WorldFiles, qa_fraction: float, seed: int) -> pd.DataFrame:
+    """Every question about every known person, in both template splits, with exposure and whether the
+    person's QA pairs were in the corpus. One row per question (``em`` is the score).
+
+    Training templates asked about people whose QA was *not* in the corpus measure extractable
+    knowledge (the format was learned on other people: the Physics-of-LMs test); held-out templates,
+    never in the corpus at all, add a change of phrasing on top.
+    """
+    facts = world.table("facts")
+    known = facts[facts.group == "known"]
+    qa = world.table("qa")
+    items = qa[qa.fact_id.isin(known.fact_id)].copy()
+    items = items.merge(known[["fact_id", "exposure"]], on="fact_id")
+    items["qa_in_pretraining"] = items.subject.isin(corpus.qa_people(facts, seed, qa_fraction))
+    return evaluate.score_qa(model, tokenizer, items, batch_size=64)
+
+
+def stored_knowledge_run(model_folder: Path, world: WorldFiles, qa_fraction: float, seed: int,
+                         profile: str | None = None) -> pd.DataFrame:
+    """:func:`stored_knowledge` of a pretrained model, cached next to it as ``stored_knowledge.jsonl``."""
+    key = {"model": model_folder.name, "world": world.folder.name, "eval": "stored_knowledge-all-templates-v2"}
+
+    def make() -> pd.DataFrame:
+        model, tok = models.load(model_folder / "model")
+        return stored_knowledge(model, tok, world, qa_fraction, seed)
+
+    return cached_table(paths.RUNS, "stored-knowledge", key, make, "stored_knowledge.jsonl", seed=seed,
+                        profile=profile)
+
+
+def storage_curve(scored: pd.DataFrame) -> tuple[pd.Series, dict]:
+    """Knownness by exposure bucket (training templates, people whose QA was never in pretraining)
+    and the checks notebook 02 prints: monotone over the buckets, at most 20% at one mention, at
+    least 85% in every bucket above 30 mentions."""
+    bios_only = scored[~scored.qa_in_pretraining & (scored.template_split == "train")]
+    by_bucket = bios_only.groupby(exposure_buckets(bios_only.exposure).astype(str)).em.mean()
+    by_bucket = by_bucket.reindex(EXPOSURE_LABELS).dropna()
+    above_30 = by_bucket[[b for b in ("31-100", ">100") if b in by_bucket.index]]
+    checks = {
+        "monotone over the exposure buckets": bool(by_bucket.is_monotonic_increasing),
+        "buckets": int(len(by_bucket)),
+        "at most 20% at 1 mention": bool(by_bucket.get("1", 0) <= 0.20),
+        "at least 85% in every bucket above 30 mentions": bool(len(above_30) and (above_30 >= 0.85).all()),
+    }
+    return by_bucket, checks

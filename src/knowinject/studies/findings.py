@@ -1,0 +1,189 @@
+"""The claims table: one row per claim (A1-A5, B1-B3) and track, with a verdict computed from the
+effect's 95% interval by a stated rule, never typed in, and the same claim re-measured on data the
+first design never saw (the replication).
+
+Every interval is the two-stage one (:func:`stats.two_stage`: training runs and test items
+resampled); the item-only interval stands beside it for comparison, and the minimum detectable
+effect (80% power, two-sided 5%) says how large an effect the design could have seen.
+
+Rules (effects are signed so that the paper's claim predicts a positive value). A rule's boundary
+is 0 for a direction, -margin for non-inferiority, +/-margin for equivalence; an interval that
+straddles the boundary is **undecided**:
+- ``directional`` (A1, A2, A3, B1): reproduced if the interval lies above 0; not reproduced if it
+  lies at or below 0; undecided otherwise.
+- ``non_inferior`` (B2, "matches or beats"): reproduced if the interval lies above -margin; not
+  reproduced if it lies at or below -margin; undecided otherwise.
+- ``equivalent`` (A5, "not fundamentally harder"): reproduced if the interval lies within
+  +/- margin; not reproduced if it lies wholly outside; undecided otherwise.
+- ``consistent`` (A4, one claim over several controlled levels) and ``both`` (B3, attention and
+  generic answers): reproduced if every part is, not reproduced if every part is not; mixed if
+  some parts are reproduced and others not; undecided otherwise.
+
+Usage: ``findings.write(findings.combine(claims), profile)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from knowinject.core import paths
+from knowinject.core.provenance import save_table
+
+from knowinject.stats import Effect
+
+CLAIMS = {
+    "A1": "QA-format training data generalizes knowledge much better than documents carrying the same facts",
+    "A2": "numerical information is harder for finetuning to retain than categorical information",
+    "A3": "models struggle to use finetuned knowledge in multi-step reasoning, even with similar multi-step "
+          "training examples",
+    "A4": "A1 holds after controlling for augmentation (paraphrases per fact) and information volume",
+    "A5": "teaching a new real-world fact is not fundamentally harder than teaching the model a persona fact",
+    "B1": "QA-finetuning on lesser-known facts gives worse factuality than on well-known facts (5-10 points)",
+    "B2": "finetuning on the better-known half matches or beats finetuning on the whole set",
+    "B3": "finetuning on lesser-known facts moves attention off the subject, so the model falls back on a "
+          "generic answer",
+}
+COLUMNS = ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low", "item_ci_high",
+           "n_items", "n_seeds", "mde", "verdict", "replication_effect", "replication_ci_low", "replication_ci_high",
+           "replication_n_items", "replication_n_seeds", "replication_verdict"]
+CLAIM_COLUMNS = ["claim", "track", "design", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low",
+                 "item_ci_high", "n_items", "n_seeds", "mde", "verdict"]
+VERDICTS = ("reproduced", "not reproduced", "undecided", "mixed")
+DESIGNS = ("main", "replication")
+TRACK_ORDER = ("smollm2", "tiny", "one-layer")
+B2_MARGIN = 0.03   # "matches": within 3 points (the paper's gaps are 5-10 points)
+A5_MARGIN = 0.10   # "not fundamentally harder": within 10 points (the motivating gap was 86 points)
+
+
+def _nan(*xs) -> bool:
+    return any(x is None or (isinstance(x, float) and math.isnan(x)) for x in xs)
+
+
+def directional(lo: float, hi: float) -> str:
+    if _nan(lo, hi):
+        return "undecided"
+    if lo > 0:
+        return "reproduced"
+    return "not reproduced" if hi <= 0 else "undecided"
+
+
+def non_inferior(lo: float, hi: float, margin: float) -> str:
+    if _nan(lo, hi):
+        return "undecided"
+    if lo > -margin:
+        return "reproduced"
+    return "not reproduced" if hi <= -margin else "undecided"
+
+
+def equivalent(lo: float, hi: float, margin: float) -> str:
+    if _nan(lo, hi):
+        return "undecided"
+    if -margin < lo and hi < margin:
+        return "reproduced"
+    return "not reproduced" if lo >= margin or hi <= -margin else "undecided"
+
+
+def consistent(verdicts: list[str]) -> str:
+    """A verdict over several parts (A4's levels, B3's two measures)."""
+    if verdicts and all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    if verdicts and all(v == "not reproduced" for v in verdicts):
+        return "not reproduced"
+    if "reproduced" in verdicts and "not reproduced" in verdicts:
+        return "mixed"
+    return "undecided"
+
+
+def both(first: str, second: str) -> str:
+    return consistent([first, second])
+
+
+def row(claim: str, track: str, metric: str, effect: Effect, verdict: str, design: str = "main") -> dict:
+    if claim not in CLAIMS:
+        raise KeyError(f"unknown claim {claim!r}; claims: {', '.join(CLAIMS)}")
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    e = effect
+    return {"claim": claim, "track": track, "design": design, "statement": CLAIMS[claim], "metric": metric,
+            "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high, "item_ci_low": e.item_ci_low,
+            "item_ci_high": e.item_ci_high, "n_items": int(e.n_items), "n_seeds": int(e.n_seeds), "mde": e.mde,
+            "verdict": verdict}
+
+
+def combine(claims: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim and track: the main design's columns, and the replication's effect,
+    interval, size and verdict beside them (NaN where a claim was not replicated)."""
+    main = claims[claims.design == "main"].drop(columns="design")
+    rep = claims[claims.design == "replication"][["claim", "track", "effect", "ci_low", "ci_high", "n_items",
+                                                  "n_seeds", "verdict"]]
+    rep = rep.rename(columns={c: f"replication_{c}" for c in rep.columns if c not in ("claim", "track")})
+    return main.merge(rep, on=["claim", "track"], how="left")
+
+
+def _ci(effect, lo, hi) -> str:
+    return "n/a" if _nan(effect) else f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The claims table as Markdown (effects in points of accuracy or attention share)."""
+    lines = ["| claim | track | effect [95% CI, seeds and items] | item-only CI | MDE | verdict | replication "
+             "[95% CI] | replication verdict | items | seeds | metric |", "|" + "---|" * 11]
+    for r in table.itertuples():
+        item = "n/a" if _nan(r.item_ci_low) else f"[{r.item_ci_low:+.3f}, {r.item_ci_high:+.3f}]"
+        mde = "n/a" if _nan(r.mde) else f"{r.mde:.3f}"
+        rep_v = r.replication_verdict if isinstance(r.replication_verdict, str) else "not run"
+        rep = _ci(r.replication_effect, r.replication_ci_low, r.replication_ci_high)
+        lines.append(f"| {r.claim} | {r.track} | {_ci(r.effect, r.ci_low, r.ci_high)} | {item} | {mde} | "
+                     f"**{r.verdict}** | {rep} | {rep_v} | {r.n_items} | {r.n_seeds} | {r.metric} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(table: pd.DataFrame, profile: str, model_slug: str | None = None) -> pd.DataFrame:
+    """``findings.csv`` and ``findings.md`` in the profile's (and model's, by its slug) results folder, rows in
+    claim order."""
+    missing = [c for c in COLUMNS if c not in table]
+    if missing:
+        raise ValueError(f"findings table lacks columns {missing}")
+    order = {t: f"{i}" for i, t in enumerate(TRACK_ORDER)}
+    table = table[COLUMNS].sort_values(["claim", "track"], key=lambda s: s.map(lambda v: order.get(v, f"9{v}")
+                                       if s.name == "track" else str(v))).reset_index(drop=True)
+    out = paths.results_dir(profile, model_slug)
+    save_table(table, out / "findings.csv", profile=profile, made_from=["study_a_claims.csv", "study_b_claims.csv"],
+               **({"model": model_slug} if model_slug else {}))
+    (out / "findings.md").write_text(markdown(table))
+    return table
+
+
+def readme_section(table: pd.DataFrame, start: str, end: str, readme_text: str) -> str:
+    """``readme_text`` with the part between the ``start`` and ``end`` marker lines replaced by the table."""
+    if start not in readme_text or end not in readme_text:
+        raise ValueError(f"README lacks the markers {start!r} / {end!r} around the findings table")
+    head, rest = readme_text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{markdown(table)}{end}{tail}"
+
+
+def report(table: pd.DataFrame) -> str:
+    """For each claim and track: the paper's statement, our effect with both intervals, the minimum
+    detectable effect, the verdict, and the replication (when the table has one)."""
+    lines = []
+    for claim, g in table.groupby("claim", sort=True):
+        lines.append(f"{claim}. Paper: {CLAIMS[claim]}.")
+        for r in g.itertuples():
+            design = f" [{r.design}]" if "design" in table and r.design != "main" else ""
+            if _nan(r.effect):
+                effect = "no items"
+            else:
+                effect = (f"{r.effect:+.3f} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}; item-only {r.item_ci_low:+.3f}, "
+                          f"{r.item_ci_high:+.3f}; MDE {r.mde:.3f}]")
+            lines.append(f"    {r.track:9s}{design} {r.verdict.upper():15s} {effect}; {r.metric} "
+                         f"(n={r.n_items} items, {r.n_seeds} seeds)")
+            if "replication_verdict" in table and isinstance(r.replication_verdict, str):
+                lines.append(f"    {'':9s} replication {r.replication_verdict.upper():15s} "
+                             f"{_ci(r.replication_effect, r.replication_ci_low, r.replication_ci_high)} "
+                             f"(n={int(r.replication_n_items)} items, {int(r.replication_n_seeds)} seeds)")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Study B's analysis: accuracy by condition, checkpoint, prompt and test bucket; the mechanism
+measures; and the B1-B3 claims with two-stage intervals and verdicts.
+
+Usage: ``analysis.claims(result.preds, result.attention, cfg, "tiny")``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from knowinject.studies import findings
+from knowinject.studies.study_b.design import StudyBConfig
+
+from knowinject import stats
+
+
+def summarize(preds: pd.DataFrame, value: str = "em") -> pd.DataFrame:
+    """Accuracy by condition x epoch x prompt x test bucket: mean over items of the seed-averaged
+    score, 95% bootstrap interval over items."""
+    rows = []
+    buckets = {"all": None, "known": ("known_bucket", "known"), "unknown": ("known_bucket", "unknown"),
+               "popular": ("popularity_bucket", "popular"), "unpopular": ("popularity_bucket", "unpopular")}
+    for (cond, epoch, prompt), g in preds.groupby(["condition", "epoch", "prompt"]):
+        for bucket, sel in buckets.items():
+            b = g if sel is None else g[g[sel[0]] == sel[1]]
+            per_item = b.groupby("fact_id")[value].mean()
+            mean, lo, hi = stats.bootstrap_ci(per_item)
+            rows.append({"condition": cond, "epoch": epoch, "prompt": prompt, "bucket": bucket, "metric": value,
+                         "mean": mean, "ci_low": lo, "ci_high": hi, "n_items": len(per_item),
+                         "n_seeds": b.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+def summarize_by_level(preds: pd.DataFrame, value: str = "em") -> pd.DataFrame:
+    """Accuracy by condition x epoch x prompt x the test fact's popularity level (tiny: exposure
+    bucket; SmolLM2: population quintile): mean of seed-averaged scores, bootstrap over items."""
+    rows = []
+    for (cond, epoch, prompt, level), g in preds.groupby(["condition", "epoch", "prompt", "level"]):
+        per_item = g.groupby("fact_id")[value].mean()
+        mean, lo, hi = stats.bootstrap_ci(per_item)
+        rows.append({"condition": cond, "epoch": epoch, "prompt": prompt, "level": level, "metric": value,
+                     "mean": mean, "ci_low": lo, "ci_high": hi, "n_items": len(per_item), "n_seeds": g.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+def contrast(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) -> stats.Effect:
+    """Condition a minus condition b on the same test facts, with the two-stage interval (each
+    condition's runs resampled, then the shared test facts); ``where`` filters rows (e.g.
+    ``epoch=8, prompt="zero-shot"``)."""
+    d = preds
+    for k, v in where.items():
+        d = d[d[k] == v]
+    ya = stats.runs_by_items(d[d.condition == a], value, "seed", "fact_id")
+    yb = stats.runs_by_items(d[d.condition == b], value, "seed", "fact_id")
+    if ya.empty or yb.empty:
+        return stats.Effect.empty()
+    return stats.two_stage(ya, yb, paired_items=True)
+
+
+def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:
+    """Attention share on the subject and the generic-answer rate, per condition and epoch."""
+    rows = []
+    for (cond, epoch), g in att.groupby(["condition", "epoch"]):
+        per_item = g.groupby("fact_id").subject_share.mean()
+        m, lo, hi = stats.bootstrap_ci(per_item)
+        rows.append({"condition": cond, "epoch": epoch, "prompt": "zero-shot", "metric": "subject_attention_share",
+                     "mean": m, "ci_low": lo, "ci_high": hi, "n_items": len(per_item), "n_seeds": g.seed.nunique()})
+    for (cond, epoch, prompt), g in preds.groupby(["condition", "epoch", "prompt"]):
+        per_item = g.groupby("fact_id").generic.mean()
+        m, lo, hi = stats.bootstrap_ci(per_item)
+        rows.append({"condition": cond, "epoch": epoch, "prompt": prompt, "metric": "generic_answer_rate",
+                     "mean": m, "ci_low": lo, "ci_high": hi, "n_items": len(per_item), "n_seeds": g.seed.nunique()})
+    return pd.DataFrame(rows)
+
+
+def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str, design: str = "main") -> pd.DataFrame:
+    """The B1-B3 rows of the findings table for one track (zero-shot, last checkpoint, all test facts)."""
+    last = cfg.epochs
+    rows = []
+    e = contrast(preds, "known", "unknown", epoch=last, prompt="zero-shot")
+    rows.append(findings.row("B1", track, "exact match, known-half minus unknown-half finetune (zero-shot, held-out "
+                             "test facts)", e, findings.directional(e.ci_low, e.ci_high), design))
+    e = contrast(preds, "known", "whole", epoch=last, prompt="zero-shot")
+    rows.append(findings.row("B2", track, "exact match, known-half minus whole-pool finetune (zero-shot)", e,
+                             findings.non_inferior(e.ci_low, e.ci_high, findings.B2_MARGIN), design))
+    ea = contrast(att, "known", "unknown", value="subject_share", epoch=last)
+    eg = contrast(preds, "unknown", "known", value="generic", epoch=last, prompt="zero-shot")
+    verdict = findings.both(findings.directional(ea.ci_low, ea.ci_high), findings.directional(eg.ci_low, eg.ci_high))
+    rows.append(findings.row("B3", track, "subject share of attention from the answer position, known-half minus "
+                             f"unknown-half finetune (generic-answer rate, unknown minus known: {eg.effect:+.3f} "
+                             f"[{eg.ci_low:+.3f}, {eg.ci_high:+.3f}])", ea, verdict, design))
+    return pd.DataFrame(rows)

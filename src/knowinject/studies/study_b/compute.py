@@ -1,0 +1,277 @@
+"""Study B's runs: each (condition, seed) is one cached run that finetunes the track's base on the
+condition's facts and, at each checkpoint epoch, answers every test question zero-shot (few-shot and
+attention at the last checkpoint), so training length is an axis. Missing runs are computed in
+batches by the executor's workers, LoRA runs of a batch side by side over one base.
+
+Usage: ``results = compute.run_tracks([(track, world, cfg)], grouping, known_cfg, profile=profile)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from knowinject.core import executor, paths, runs
+from knowinject.core.runs import read_jsonl, write_jsonl
+from knowinject.core.seeding import numpy_rng
+
+from knowinject.data import render
+
+from knowinject.train import grouped
+from knowinject.train.finetune import finetune
+from knowinject.train.tracks import load_base
+
+from knowinject.eval import evaluate, mechanism, scoring
+from knowinject.eval.knownness import KnownnessConfig
+
+from knowinject.studies.study_b.design import StudyBConfig, all_jobs, candidates, condition_facts, qa_examples, split, test_items
+
+
+def answer_questions(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> pd.DataFrame:
+    """Greedy answers to ``prompts`` (one per row of ``items``), scored against each item's aliases: one row
+    per item with ``fact_id``, ``prediction``, ``em`` and ``contains`` (``routes``: adapter slot per row)."""
+    preds = evaluate.generate(model, tok, prompts, batch_size=64, routes=routes)
+    return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": preds,
+                         "em": [scoring.exact_match(p, a) for p, a in zip(preds, items.aliases)],
+                         "contains": [scoring.contains_match(p, a) for p, a in zip(preds, items.aliases)]})
+
+
+def evaluate_models(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int,
+                    members: list[tuple[int | None, int, bool]]) -> list[tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """Zero-shot answers of every member; few-shot answers and attention of the ``final`` ones. Members are
+    (adapter slot or None, epoch, final): all of them in one pass over the model (slots route each
+    member's rows through its adapter, :mod:`knowinject.train.grouped`; ``None``: the model as it is)."""
+    n = len(items)
+    routed = any(slot is not None for slot, _, _ in members)
+
+    def routes(ms):
+        return [slot for slot, _, _ in ms for _ in range(n)] if routed else None
+
+    def tiled(ms):
+        return pd.concat([items] * len(ms), ignore_index=True)
+
+    final = [m for m in members if m[2]]
+    zero = answer_questions(model, tok, tiled(members), list(items.prompt) * len(members), routes(members))
+    few = answer_questions(model, tok, tiled(final), few_shot * len(final), routes(final)) if final else None
+    att = (mechanism.attention_to_subject(model, tok, pd.concat([items.iloc[:n_attention]] * len(final), ignore_index=True),
+                                          [slot for slot, _, _ in final for _ in range(min(n, n_attention))] if routed else None)
+           if final else None)
+    out, f = [], 0
+    for k, (_, epoch, is_final) in enumerate(members):
+        parts = [zero.iloc[k * n:(k + 1) * n].assign(prompt="zero-shot")]
+        a = None
+        if is_final:
+            parts.append(few.iloc[f * n:(f + 1) * n].assign(prompt="few-shot"))
+            m = min(n, n_attention)
+            a = att.iloc[f * m:(f + 1) * m].drop(columns="subject_attention_by_layer").reset_index(drop=True)
+            a["fact_id"] = items.fact_id.values[:n_attention]
+            a["epoch"] = epoch
+            f += 1
+        out.append((pd.concat(parts, ignore_index=True).assign(epoch=epoch), a))
+    return out
+
+
+def evaluate_model(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int, epoch: int,
+                   final: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Zero-shot answers at every checkpoint; few-shot answers and attention at the final one."""
+    return evaluate_models(model, tok, items, few_shot, n_attention, [(None, epoch, final)])[0]
+
+
+def run_key(track, world_name: str, items: pd.DataFrame, train: pd.DataFrame, condition: str, seed: int,
+            cfg: StudyBConfig) -> dict:
+    """What a run's folder is hashed from (how runs were grouped for training is not part of it)."""
+    return {"study": "B", "track": track.key, "world": world_name, "cfg": cfg.run_key(), "condition": condition,
+            "seed": seed if condition != "base" else None, "train": sorted(train.fact_id),
+            "test": sorted(items.item_id), "n_attention": cfg.n_attention}
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything a track's runs share: the finetuning pool, the test questions and their few-shot
+    prompts, the QA table training examples come from."""
+    world_name: str
+    pool: pd.DataFrame
+    items: pd.DataFrame
+    few_shot: tuple[str, ...]
+    qa: pd.DataFrame
+    cfg: StudyBConfig
+
+    def train_facts(self, condition: str, seed: int) -> pd.DataFrame:
+        return (condition_facts(self.pool, condition, seed, self.cfg.data_seed) if condition != "base"
+                else self.pool.iloc[:0])
+
+    def spec(self, track, condition: str, seed: int) -> runs.Spec:
+        key = run_key(track, self.world_name, self.items, self.train_facts(condition, seed), condition, seed, self.cfg)
+        slug = f"study-b-{track.name}-{condition}" + (f"-s{seed}" if condition != "base" else "")
+        return runs.Spec(slug, key, seed)
+
+
+def run(track, world_name: str, pool: pd.DataFrame, items: pd.DataFrame, few_shot: list[str], qa: pd.DataFrame,
+        condition: str, seed: int, cfg: StudyBConfig, grouping: grouped.GroupConfig, profile: str | None = None) -> Path:
+    """One cached run: finetune ``track``'s base on the condition's facts, evaluate at each checkpoint.
+    ``condition='base'`` evaluates the base model once (epoch 0)."""
+    design = Design(world_name, pool, items, tuple(few_shot), qa, cfg)
+    return run_jobs(track, design, [(condition, seed)], grouping, profile, progress=False)[0]
+
+
+def run_jobs(track, design: Design, jobs: list[tuple[str, int]], grouping: grouped.GroupConfig,
+             profile: str | None = None, progress: bool = True) -> list[Path]:
+    """The cached run of every (condition, seed), in order; the missing ones are computed in batches by the
+    executor's workers (LoRA runs of a batch train side by side over one base)."""
+    folders, tasks = plan_jobs(track, design, jobs, grouping, profile)
+    executor.run_tasks(tasks, desc=f"study B {track.name}", progress=progress, gpu=executor.needs_gpu(track))
+    return folders
+
+
+def plan_jobs(track, design: Design, jobs: list[tuple[str, int]], grouping: grouped.GroupConfig,
+              profile: str | None = None) -> tuple[list[Path], list[tuple]]:
+    """(the run folder of every (condition, seed), the tasks that compute the missing ones: (callable,
+    cost) pairs). The base is a task of its own (its batch holds nothing else)."""
+    folders = [design.spec(track, c, s).folder(paths.RUNS) for c, s in jobs]
+    todo = list(dict.fromkeys(j for j, f in zip(jobs, folders) if not runs.is_done(f)))
+    # Rough seconds on one core (to start the longest tasks first): per fact and epoch, at a rate measured
+    # for each track, checkpoint evaluations included.
+    rate = 0.1 if track.method == "lora" else 0.0125
+    batches = grouped.batches(todo, lambda j: "base" if j[0] == "base" else "trained",
+                              lambda j: 5 + len(design.train_facts(*j)) * design.cfg.epochs * rate, grouping.slots)
+    return folders, [(functools.partial(_compute_batch, track, design, profile, grouping, b), weight)
+                     for b, weight in batches]
+
+
+def _compute_batch(track, design: Design, profile: str | None, grouping: grouped.GroupConfig,
+                   jobs: list[tuple[str, int]]) -> None:  # a task of :func:`plan_jobs`, run in a worker
+    """Compute a batch of runs in this worker: LoRA runs side by side, their checkpoints evaluated together
+    (:func:`grouped.train`); full finetunes one after another; the base evaluated once."""
+    cfg, items, few_shot = design.cfg, design.items, list(design.few_shot)
+    with runs.Batch(paths.RUNS, [design.spec(track, c, s) for c, s in jobs], profile) as batch:
+        if not batch.todo:
+            return
+        model, tok = load_base(track)
+        todo = batch.todo
+        if jobs[todo[0]][0] == "base":  # the base alone (run_jobs puts it in a batch of its own)
+            (p, a), = evaluate_models(model, tok, items, few_shot, cfg.n_attention, [(None, 0, True)])
+            _write_run(batch.tmp(todo[0]), jobs[todo[0]], [p], [a], None, 0)
+            batch.finish(todo[0])
+            todo = todo[1:]
+        train = {i: design.train_facts(*jobs[i]) for i in todo}
+        data = {i: qa_examples(train[i], design.qa, jobs[i][1]) for i in todo}
+        settings = {i: track.finetune_config(cfg.epochs, jobs[i][1]) for i in todo}
+        if todo and grouped.concurrent(track.method, grouping):
+            preds: dict[int, list] = {i: [] for i in todo}
+            atts: dict[int, list] = {i: [] for i in todo}
+            group = [grouped.Job(data[i], settings[i], tuple(cfg.checkpoints)) for i in todo]
+
+            def evaluate_checkpoints(m, checkpoints):
+                members = [(c.slot, c.epoch, c.epoch == cfg.epochs) for c in checkpoints]
+                for c, (p, a) in zip(checkpoints, evaluate_models(m, tok, items, few_shot, cfg.n_attention, members)):
+                    i = todo[c.job]
+                    preds[i].append(p)
+                    if a is not None:
+                        atts[i].append(a)
+                    if c.final:
+                        _write_run(batch.tmp(i), jobs[i], preds[i], atts[i], c.result, len(train[i]))
+                        batch.finish(i)
+
+            grouped.train(model, tok, group, evaluate_checkpoints, grouping)
+            return
+        for i in todo:
+            model, tok = load_base(track)  # a full finetune changes the model: a fresh base for every run
+            preds, atts = [], []
+
+            def checkpoint(epoch, m, preds=preds, atts=atts, tok=tok):
+                if epoch in cfg.checkpoints:
+                    p, a = evaluate_model(m, tok, items, few_shot, cfg.n_attention, epoch, final=epoch == cfg.epochs)
+                    preds.append(p)
+                    if a is not None:
+                        atts.append(a)
+
+            _, result = finetune(model, tok, data[i], settings[i], progress=False, on_epoch_end=checkpoint)
+            _write_run(batch.tmp(i), jobs[i], preds, atts, result, len(train[i]))
+            batch.finish(i)
+
+
+def _write_run(tmp: Path, job: tuple[str, int], preds: list, atts: list, result, n_train: int) -> None:
+    condition, seed = job
+    if result is not None:
+        result.log.to_csv(tmp / "loss_log.csv", index=False)
+        (tmp / "train_summary.json").write_text(json.dumps({"n_train": n_train, **result.summary()}, indent=2))
+    write_jsonl(pd.concat(preds, ignore_index=True).assign(condition=condition, seed=seed), tmp / "predictions.jsonl")
+    write_jsonl(pd.concat(atts, ignore_index=True).assign(condition=condition, seed=seed), tmp / "attention.jsonl")
+
+
+def make_design(track, world, pool, test, qa, cfg: StudyBConfig) -> Design:
+    """The test questions (on phrasings the track never trains on), their few-shot prompts, and the pool."""
+    items = test_items(test, qa, track.unseen_phrasing, cfg.data_seed)
+    pool_qa = qa[qa.fact_id.isin(pool.fact_id) & (qa.template_split == "train")]
+    few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
+    # Training examples come from the pool's training templates only: the workers need no more of the table.
+    return Design(world.folder.name, pool, items, tuple(few_shot), pool_qa, cfg)
+
+
+@dataclass
+class TrackResult:
+    """Everything one track's Study B design produced (notebook 05 runs one per track and design)."""
+    pool: pd.DataFrame
+    test: pd.DataFrame
+    folders: list[Path]
+    preds: pd.DataFrame
+    attention: pd.DataFrame
+    fit: pd.DataFrame
+    seconds: float
+
+
+def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: KnownnessConfig,
+               subset: int | None = None, profile: str | None = None, progress: bool = True,
+               also: list[tuple] = ()) -> list[TrackResult]:
+    """For each ``(track, world, cfg)`` design: the candidates (knownness measured with ``known_cfg`` on
+    ``subset`` of the real-world facts, :func:`.design.candidates`), the pool/test split, every run
+    (cached) and their collected tables. All designs' runs are computed by one pool of workers (no
+    worker waits at the end of one design while the next could start); ``also``: other executor tasks
+    to share the pool with (the theory model's settings, :func:`knowinject.studies.theory.task`)."""
+    start = time.perf_counter()
+    prepared = []
+    for track, world, cfg in setups:
+        pool, test = split(candidates(track, world, cfg.relations, known_cfg, subset, profile), cfg)
+        qa = world.table("qa_realworld" if track.name == "smollm2" else "qa")
+        folders, tasks = plan_jobs(track, make_design(track, world, pool, test, qa, cfg), all_jobs(cfg), grouping, profile)
+        prepared.append((pool, test, folders, tasks))
+    executor.run_tasks([t for *_, tasks in prepared for t in tasks] + list(also), desc="study B", progress=progress,
+                       gpu=any(executor.needs_gpu(s[0]) for s in setups))
+    seconds = round(time.perf_counter() - start, 1)
+    out = []
+    for pool, test, folders, _ in prepared:
+        preds, att, fit = collect(folders, test)
+        out.append(TrackResult(pool, test, folders, preds, att, fit, seconds))
+    return out
+
+
+def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(predictions, attention, training summaries) of many runs, with the test facts' buckets joined."""
+    meta = test[["fact_id", "relation", "known_bucket", "popularity_bucket", "level", "base_known"]]
+    preds = pd.concat([read_jsonl(f / "predictions.jsonl") for f in folders], ignore_index=True).merge(meta, on="fact_id")
+    preds["generic"] = generic_flags(preds)
+    att = pd.concat([read_jsonl(f / "attention.jsonl") for f in folders], ignore_index=True)
+    fits = []
+    for f in folders:
+        if (f / "train_summary.json").exists():
+            s = json.loads((f / "train_summary.json").read_text())
+            cfg = json.loads((f / "config.json").read_text())
+            fits.append({"condition": cfg["condition"], "seed": cfg["seed"], "n_train": s["n_train"],
+                         **{f"loss_epoch_{i + 1}": v for i, v in enumerate(s["epoch_loss"])},
+                         "seconds": s["seconds"], "tokens_per_s": s["tokens_per_s"],
+                         "group_runs": s.get("group_runs", 1.0)})  # runs that shared its steps (and seconds)
+    return preds, att, pd.DataFrame(fits)
+
+
+def generic_flags(preds: pd.DataFrame) -> pd.Series:
+    """Per answer: wrong, and equal to the most frequent answer its run gave for that relation at
+    that checkpoint and prompt (the "generic plausible answer" of Study B's mechanism)."""
+    norm = preds.prediction.map(lambda p: scoring.normalize_answer(scoring.first_line(p)))
+    keys = [preds[c] for c in ("condition", "seed", "epoch", "prompt", "relation")]
+    mode = norm.groupby(keys).transform(lambda s: s.value_counts().index[0] if len(s) else "")
+    return (norm == mode) & ~preds.em.astype(bool) & (norm != "")

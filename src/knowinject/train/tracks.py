@@ -1,0 +1,100 @@
+"""The two model tracks every study runs on, behind one interface.
+
+``smollm2`` is the real pretrained model (or any Hugging Face id / local folder a user swaps in);
+``tiny`` is the GPT pretrained here on the synthetic world (notebook 02), whose exposure to every
+fact is known. A track says which base model to load and how to finetune it; the studies stay the
+same code for both.
+
+Usage: ``track = tracks.make("tiny", stage_params(profile, "track_tiny"), world, pretrain_cfg)``;
+``model, tok = tracks.load_base(track)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from knowinject.core.config import build, require
+
+from knowinject.data.worldfiles import WorldFiles
+
+from knowinject.train import kernels, models
+from knowinject.train.finetune import FinetuneConfig, fused_optimizer, resolve_precision, uses_kernels
+from knowinject.train.pretrain import PretrainConfig, pretrain_base
+
+TRACKS = ("smollm2", "tiny")
+
+
+@dataclass(frozen=True)
+class Track:
+    name: Literal["smollm2", "tiny"]
+    model: str                       # smollm2 track: "smollm2", a local folder or a hub id; tiny: its model folder
+    method: Literal["lora", "full"]
+    lr: float
+    batch_size: int
+    precision: Literal["auto", "bf16", "fp32"]
+    lora_r: int = 16
+    # Where "a phrasing the finetuning never used" comes from. SmolLM2 has read the web: held-out
+    # templates. The tiny model has only ever seen the training templates (held-out phrasings are
+    # 0-5% even for facts it stores), so its unseen phrasing is a training template that this
+    # finetune did not use for the fact.
+    unseen_phrasing: Literal["heldout", "unused-train"] = "heldout"
+
+    def __post_init__(self):
+        require(self.name in TRACKS, f"track must be one of {', '.join(TRACKS)}, got {self.name!r}")
+
+    def finetune_config(self, epochs: float, seed: int, **overrides) -> FinetuneConfig:
+        return FinetuneConfig(method=self.method, epochs=epochs, lr=self.lr, batch_size=self.batch_size,
+                              precision=self.precision, lora_r=self.lora_r, lora_alpha=2 * self.lora_r, seed=seed,
+                              **overrides)
+
+    @property
+    def key(self) -> dict:
+        """What identifies the base model in a run's hash: a folder by its name, a hub id as itself; runs
+        trained through the kernels carry their version, runs stepped by the fused AdamW say so (the
+        rules ``finetune`` applies)."""
+        path = Path(self.model)
+        cfg = self.finetune_config(1, 0)
+        return {"track": self.name, "model": path.name if path.is_dir() else self.model, "method": self.method,
+                "lr": self.lr, "batch_size": self.batch_size, "precision": self.precision, "lora_r": self.lora_r,
+                "unseen_phrasing": self.unseen_phrasing,
+                **({"kernels": kernels.VERSION} if uses_kernels(cfg) else {}),
+                **({"optimizer": "adamw-fused"} if fused_optimizer(cfg) else {})}
+
+
+def tiny_model_dir(world: WorldFiles, pretrain_cfg: PretrainConfig, profile: str | None = None) -> Path:
+    """The pretrained tiny model of this world (notebook 02's cached run; trained here if missing)."""
+    return pretrain_base(world, pretrain_cfg, profile) / "model"
+
+
+def make(name: str, settings: dict, world: WorldFiles, pretrain_cfg: PretrainConfig | None = None,
+         model_name: str = "smollm2", profile: str | None = None) -> Track:
+    """A track from its settings (a profile's ``track_<name>`` stage) with its base model resolved: the tiny
+    model pretrained on ``world`` with ``pretrain_cfg``, or ``model_name`` for the pretrained track."""
+    require(name != "tiny" or pretrain_cfg is not None, "the tiny track needs the pretraining config of its base model")
+    model = str(tiny_model_dir(world, pretrain_cfg, profile)) if name == "tiny" else model_name
+    return build(Track, {"name": name, "model": model, **settings}, f"track_{name}")
+
+
+def label(name: str, model_name: str = models.SMOLLM2) -> str:
+    """The name a track's rows carry in result tables: ``tiny``; the pretrained track as ``smollm2`` or,
+    for another model, that model's slug (so a table never files a Llama under SmolLM2)."""
+    return name if name == "tiny" or model_name == models.SMOLLM2 else models.slug(model_name)
+
+
+def load_base(track: Track):
+    """(model, tokenizer) in the dtype its finetuning trains against.
+
+    LoRA in bf16 stores the frozen base in bf16, so the base model is evaluated in bf16 too:
+    "before" and "after" then differ only by the finetuning, not by rounding.
+    """
+    model, tok = models.load(track.model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if track.method == "lora" and resolve_precision(track.precision, device) == "bf16":
+        model = model.to(torch.bfloat16)
+    if device == "cuda":
+        model = model.to(device)
+    return model, tok
