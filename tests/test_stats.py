@@ -124,3 +124,30 @@ def test_runs_by_items_averages_repeated_scores():
                        "em": [1.0, 0.0, 1.0, 1.0]})
     m = stats.runs_by_items(df, "em", "seed", ["item_id", "persona"])
     assert m.shape == (2, 2) and m.loc[0, "a|0"] == 0.5 and np.isnan(m.loc[1, "b|0"])
+
+
+def test_bounded_interval_stays_in_range_and_keeps_coverage():
+    """Accuracies near the ceiling (36 items, 3 runs, like A3 on SmolLM2): the t interval passes 1;
+    truncated to [0, 1] (a difference to [-1, 1]) it does not, and covers the true mean exactly as
+    often (truncation only drops values the parameter cannot take)."""
+    rng = np.random.default_rng(11)
+    covered = {"truncated": 0, "raw": 0}
+    beyond = 0
+    for k in range(200):
+        p = np.clip(0.95 + rng.normal(0, 0.03, (3, 1)), 0, 1)
+        y = (rng.random((3, 36)) < p).astype(float)
+        raw = stats.two_stage(y, n_boot=200, seed=k)
+        cut = stats.two_stage(y, n_boot=200, seed=k, bounds=(0, 1))
+        assert 0 <= cut.ci_low <= cut.ci_high <= 1 and cut.effect == raw.effect
+        beyond += raw.ci_high > 1
+        covered["raw"] += raw.ci_low <= 0.95 <= raw.ci_high
+        covered["truncated"] += cut.ci_low <= 0.95 <= cut.ci_high
+    assert beyond > 20  # the mutation: without bounds the interval leaves the parameter's range
+    assert covered["truncated"] == covered["raw"] and 0.88 <= covered["truncated"] / 200 <= 0.99
+    # A difference of accuracies: [-1, 1]. First hop all right, 2-hop mostly wrong.
+    first, second = np.ones((3, 36)), (rng.random((3, 36)) < 0.05).astype(float)
+    d = stats.two_stage(first, second, paired_items=True, shared_runs=True, bounds=(0, 1))
+    assert -1 <= d.ci_low <= d.ci_high <= 1 and (d.mean_a, d.mean_b) == (1.0, second.mean())
+    assert stats.two_stage(first, second, paired_items=True, shared_runs=True).ci_high > 1
+    with pytest.raises(ValueError, match=r"outside the stated bounds \(0, 1\)"):
+        stats.two_stage(first * 2, bounds=(0, 1))

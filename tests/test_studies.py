@@ -197,11 +197,54 @@ def test_other_verdict_rules():
     assert findings.equivalent(-0.05, 0.08, 0.1) == "reproduced"
     assert findings.equivalent(0.0, 0.2, 0.1) == "undecided"
     assert findings.equivalent(0.2, 0.4, 0.1) == "not reproduced"
-    assert findings.consistent(["reproduced", "reproduced"]) == "reproduced"
-    assert findings.consistent(["reproduced", "undecided"]) == "undecided"
-    assert findings.consistent(["reproduced", "not reproduced"]) == "mixed"
-    assert findings.consistent(["not reproduced", "not reproduced"]) == "not reproduced"
-    assert findings.both("reproduced", "undecided") == "undecided"
+    assert findings.consistent(["reproduced", "reproduced"]).verdict == "reproduced"
+    assert findings.consistent(["reproduced", "undecided"]).verdict == "undecided"
+    assert findings.consistent(["reproduced", "not reproduced"]).verdict == "mixed"
+    assert findings.consistent(["not reproduced", "not reproduced"]).verdict == "not reproduced"
+    assert findings.both("reproduced", "undecided").verdict == "undecided"
+    # An unmeasurable part is undecided; all parts unmeasurable is unmeasurable, with each part's reason.
+    floor = findings.Verdict("unmeasurable", "floor")
+    assert findings.both("reproduced", floor) == ("undecided", "generic answers: floor")
+    assert findings.consistent([floor, findings.Verdict("unmeasurable", "ceiling")], ["q=6", "q=24"]) == \
+        ("unmeasurable", "q=6: floor; q=24: ceiling")
+
+
+def _runs(rng, p_a, p_b, n_runs=5, n_items=60, paired=True):
+    """Two conditions' runs x items 0/1 scores; each cell right with the given probability."""
+    return (rng.random((n_runs, n_items)) < p_a).astype(float), (rng.random((n_runs, n_items)) < p_b).astype(float)
+
+
+def test_a_ceiling_or_a_floor_is_unmeasurable_not_a_refutation(monkeypatch):
+    rng = np.random.default_rng(0)
+    # Both conditions 100% on every item in every run: a zero-width interval at 0.
+    top = stats.two_stage(np.ones((5, 40)), np.ones((5, 40)), paired_items=True, bounds=(0, 1))
+    assert (top.ci_low, top.ci_high) == (0.0, 0.0)
+    assert findings.judge(top, findings.directional) == ("unmeasurable", "ceiling")
+    # Both at 0%.
+    bottom = stats.two_stage(np.zeros((5, 40)), np.zeros((5, 40)), paired_items=True, bounds=(0, 1))
+    assert findings.judge(bottom, findings.directional) == ("unmeasurable", "floor")
+    # 100% against 99.4% (the committed A2 tiny replication cell): spread, but both at the ceiling.
+    a, b = np.ones((5, 84)), np.ones((5, 84))
+    b[[0, 2], [3, 50]] = 0
+    near = stats.two_stage(a, b, shared_runs=True, bounds=(0, 1))
+    assert near.se > 0 and findings.judge(near, findings.directional) == ("unmeasurable", "ceiling")
+    # A real zero effect with spread (half the items right in both) keeps its ordinary verdict.
+    half = stats.two_stage(*_runs(rng, 0.5, 0.5), paired_items=True, bounds=(0, 1))
+    assert findings.judge(half, findings.directional).verdict == "undecided"
+    assert findings.judge(half, findings.non_inferior, 0.03).verdict in ("undecided", "reproduced")
+    # A claim's row can never call an unmeasurable effect reproduced or not reproduced.
+    with pytest.raises(ValueError, match=r"could not measure \(ceiling\)"):
+        findings.row("A2", "tiny", "m", top, "not reproduced")
+    row = findings.row("A2", "tiny", "m", top, findings.judge(top, findings.directional))
+    assert (row["verdict"], row["reason"], row["mean_a"], row["mean_b"]) == ("unmeasurable", "ceiling", 1.0, 1.0)
+    # Mutations: without the margin the near-ceiling cell is an ordinary verdict; without the rule at
+    # all, the degenerate cell is "not reproduced" (the bug this verdict fixes).
+    monkeypatch.setattr(findings, "MEASURE_MARGIN", -1.0)
+    assert findings.judge(near, findings.directional).verdict == "undecided"
+    assert findings.judge(bottom, findings.directional) == ("unmeasurable", "zero variance")
+    monkeypatch.setattr(findings, "unmeasurable", lambda e: "")
+    assert findings.judge(top, findings.directional).verdict == "not reproduced"
+    assert findings.judge(bottom, findings.directional).verdict == "not reproduced"
 
 
 def _effect(e=0.1, lo=0.05, hi=0.2):
@@ -221,6 +264,7 @@ def test_findings_table_is_written_in_claim_order_with_replication_and_into_the_
     assert (table.replication_verdict == "reproduced").sum() == 4 and "undecided" in set(table.replication_verdict)
     md = (tmp_path / "findings.md").read_text()
     assert (tmp_path / "findings.csv").exists() and "| A1 | smollm2 |" in md and "item-only" in md
+    assert "condition means" in md
     readme = "intro\n<!-- s -->\nold table\n<!-- e -->\noutro\n"
     new = findings.readme_section(table, "<!-- s -->", "<!-- e -->", readme)
     assert new.startswith("intro\n<!-- s -->\n| claim") and new.endswith("<!-- e -->\noutro\n") and "old" not in new

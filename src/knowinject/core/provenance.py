@@ -50,6 +50,26 @@ def device() -> str:
     return f"cpu: {platform.processor() or platform.machine()}"
 
 
+# The CPU features that decide bf16 arithmetic (AMX tiles on Intel Xeon, AVX-512 BF16 on AMD EPYC and
+# others): a bf16 run differs between machines that differ here, so every result records them.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu() -> dict[str, Any]:
+    """The CPU's model name, core count and bf16-relevant features (from /proc/cpuinfo where there is one)."""
+    import os
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())  # the first CPU's lines
+    except OSError:
+        pass
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    return {"model": model, "cores": os.cpu_count(), "features": [f for f in CPU_FEATURES if f in flags]}
+
+
 def provenance(seed: int | None = None, profile: str | None = None) -> dict[str, Any]:
     import datetime
     return {
@@ -57,6 +77,7 @@ def provenance(seed: int | None = None, profile: str | None = None) -> dict[str,
         "seed": seed,
         "profile": profile,
         "device": device(),
+        "cpu": cpu(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions(),
@@ -71,6 +92,7 @@ def print_colophon(seed: int | None = None, profile: str | None = None) -> None:
     print(f"  commit   {p['git_commit']}{dirty}")
     print(f"  profile  {p['profile']}    seed {p['seed']}")
     print(f"  device   {p['device']}    python {p['python']}")
+    print(f"  cpu      {p['cpu']['model']} ({p['cpu']['cores']} cores; {', '.join(p['cpu']['features']) or 'no bf16 features'})")
     print("  " + ", ".join(f"{k} {v}" for k, v in p["versions"].items()))
     print(f"  run at   {p['created_utc']}")
 

@@ -19,12 +19,20 @@ straddles the boundary is **undecided**:
   generic answers): reproduced if every part is, not reproduced if every part is not; mixed if
   some parts are reproduced and others not; undecided otherwise.
 
+Before any rule, :func:`judge` asks whether the design could see an effect at all. It is
+**unmeasurable** (the reason in the ``reason`` column) when both conditions sit within
+``MEASURE_MARGIN`` of 100% (ceiling) or of 0% (floor), or when the two-stage standard error is 0
+(zero variance: every run scored every item alike). A zero-width interval at 0 is then not evidence
+against the claim; the instrument could not move. In ``consistent`` / ``both`` an unmeasurable part
+counts as undecided, and the whole is unmeasurable only when every part is.
+
 Usage: ``findings.write(findings.combine(claims), profile)``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -45,12 +53,19 @@ CLAIMS = {
     "B3": "finetuning on lesser-known facts moves attention off the subject, so the model falls back on a "
           "generic answer",
 }
+# mean_a / mean_b: the two conditions' means, in the order of the metric's "a minus b" (NaN for a
+# one-sample effect), so that a row shows when both sat at a ceiling (e.g. 1.000 against 0.994).
 COLUMNS = ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low", "item_ci_high",
-           "n_items", "n_seeds", "mde", "verdict", "replication_effect", "replication_ci_low", "replication_ci_high",
-           "replication_n_items", "replication_n_seeds", "replication_verdict"]
+           "n_items", "n_seeds", "mde", "verdict", "reason", "mean_a", "mean_b", "replication_effect",
+           "replication_ci_low", "replication_ci_high", "replication_n_items", "replication_n_seeds",
+           "replication_verdict", "replication_reason", "replication_mean_a", "replication_mean_b"]
 CLAIM_COLUMNS = ["claim", "track", "design", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low",
-                 "item_ci_high", "n_items", "n_seeds", "mde", "verdict"]
-VERDICTS = ("reproduced", "not reproduced", "undecided", "mixed")
+                 "item_ci_high", "n_items", "n_seeds", "mde", "verdict", "reason", "mean_a", "mean_b"]
+VERDICTS = ("reproduced", "not reproduced", "undecided", "mixed", "unmeasurable")
+REASONS = ("ceiling", "floor", "zero variance")
+# Both conditions within 2 points of 100% (or of 0%): the largest effect the design could then show is
+# 2 points, below the smallest effect any claim is about (B2's 3-point margin; B1's 5-10 points).
+MEASURE_MARGIN = 0.02
 DESIGNS = ("main", "replication")
 TRACK_ORDER = ("smollm2", "tiny", "one-layer")
 B2_MARGIN = 0.03   # "matches": within 3 points (the paper's gaps are 5-10 points)
@@ -59,6 +74,32 @@ A5_MARGIN = 0.10   # "not fundamentally harder": within 10 points (the motivatin
 
 def _nan(*xs) -> bool:
     return any(x is None or (isinstance(x, float) and math.isnan(x)) for x in xs)
+
+
+class Verdict(NamedTuple):
+    """A verdict and, for ``unmeasurable`` (or a composite with unmeasurable parts), why."""
+    verdict: str
+    reason: str = ""
+
+
+def unmeasurable(e: Effect) -> str:
+    """Why the design could not measure ``e`` ("ceiling", "floor", "zero variance"), or "" if it could.
+    Ceiling and floor need both conditions' means (a difference of two accuracies)."""
+    if _nan(e.effect):
+        return ""
+    if not _nan(e.mean_a, e.mean_b):
+        if min(e.mean_a, e.mean_b) >= 1 - MEASURE_MARGIN:
+            return "ceiling"
+        if max(e.mean_a, e.mean_b) <= MEASURE_MARGIN:
+            return "floor"
+    return "zero variance" if not e.se > 0 else ""
+
+
+def judge(e: Effect, rule, *args) -> Verdict:
+    """``rule`` (directional, non_inferior, equivalent) applied to ``e``'s interval, unless the design
+    could not measure it: then ``unmeasurable`` with the reason."""
+    reason = unmeasurable(e)
+    return Verdict("unmeasurable", reason) if reason else Verdict(rule(e.ci_low, e.ci_high, *args))
 
 
 def directional(lo: float, hi: float) -> str:
@@ -85,33 +126,48 @@ def equivalent(lo: float, hi: float, margin: float) -> str:
     return "not reproduced" if lo >= margin or hi <= -margin else "undecided"
 
 
-def consistent(verdicts: list[str]) -> str:
-    """A verdict over several parts (A4's levels, B3's two measures)."""
+def consistent(parts: list, names: list[str] | None = None) -> Verdict:
+    """A verdict over several parts (A4's levels, B3's two measures), each a :class:`Verdict` or a
+    verdict string; ``names`` label the parts in the reason. An unmeasurable part counts as
+    undecided; the whole is unmeasurable only when every part is."""
+    parts = [p if isinstance(p, Verdict) else Verdict(p) for p in parts]
+    names = names or [f"part {i + 1}" for i in range(len(parts))]
+    lost = [(n, p.reason) for n, p in zip(names, parts) if p.verdict == "unmeasurable"]
+    reason = "; ".join(f"{n}: {r}" for n, r in lost)
+    if parts and len(lost) == len(parts):
+        return Verdict("unmeasurable", reason)
+    verdicts = ["undecided" if p.verdict == "unmeasurable" else p.verdict for p in parts]
     if verdicts and all(v == "reproduced" for v in verdicts):
-        return "reproduced"
+        return Verdict("reproduced")
     if verdicts and all(v == "not reproduced" for v in verdicts):
-        return "not reproduced"
+        return Verdict("not reproduced")
     if "reproduced" in verdicts and "not reproduced" in verdicts:
-        return "mixed"
-    return "undecided"
+        return Verdict("mixed", reason)
+    return Verdict("undecided", reason)
 
 
-def both(first: str, second: str) -> str:
-    return consistent([first, second])
+def both(first, second, names: tuple[str, str] = ("attention", "generic answers")) -> Verdict:
+    return consistent([first, second], list(names))
 
 
-def row(claim: str, track: str, metric: str, effect: Effect, verdict: str, design: str = "main") -> dict:
+def row(claim: str, track: str, metric: str, effect: Effect, verdict: Verdict | str, design: str = "main") -> dict:
+    """One claim's row. A row whose own effect the design could not measure never carries reproduced
+    or not reproduced (:func:`judge` and :func:`consistent` see to that; this guards it)."""
+    verdict, reason = verdict if isinstance(verdict, Verdict) else (verdict, "")
     if claim not in CLAIMS:
         raise KeyError(f"unknown claim {claim!r}; claims: {', '.join(CLAIMS)}")
     if verdict not in VERDICTS:
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    if verdict in ("reproduced", "not reproduced") and unmeasurable(effect):
+        raise ValueError(f"{claim} {track}: verdict {verdict!r} on an effect the design could not measure "
+                         f"({unmeasurable(effect)}); judge it with findings.judge")
     e = effect
     return {"claim": claim, "track": track, "design": design, "statement": CLAIMS[claim], "metric": metric,
             "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high, "item_ci_low": e.item_ci_low,
             "item_ci_high": e.item_ci_high, "n_items": int(e.n_items), "n_seeds": int(e.n_seeds), "mde": e.mde,
-            "verdict": verdict}
+            "verdict": verdict, "reason": reason, "mean_a": e.mean_a, "mean_b": e.mean_b}
 
 
 def combine(claims: pd.DataFrame) -> pd.DataFrame:
@@ -119,7 +175,7 @@ def combine(claims: pd.DataFrame) -> pd.DataFrame:
     interval, size and verdict beside them (NaN where a claim was not replicated)."""
     main = claims[claims.design == "main"].drop(columns="design")
     rep = claims[claims.design == "replication"][["claim", "track", "effect", "ci_low", "ci_high", "n_items",
-                                                  "n_seeds", "verdict"]]
+                                                  "n_seeds", "verdict", "reason", "mean_a", "mean_b"]]
     rep = rep.rename(columns={c: f"replication_{c}" for c in rep.columns if c not in ("claim", "track")})
     return main.merge(rep, on=["claim", "track"], how="left")
 
@@ -128,17 +184,33 @@ def _ci(effect, lo, hi) -> str:
     return "n/a" if _nan(effect) else f"{effect:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
+def _means(a, b) -> str:
+    if _nan(a):
+        return "n/a"
+    return f"{a:.3f}" if _nan(b) else f"{a:.3f} vs {b:.3f}"
+
+
+def _verdict(verdict, reason, bold: bool = False) -> str:
+    """A verdict with its reason in parentheses where it has one (CSV round trips turn "" into NaN)."""
+    if not isinstance(verdict, str):
+        return "not run"
+    v = f"**{verdict}**" if bold else verdict
+    return f"{v} ({reason})" if isinstance(reason, str) and reason else v
+
+
 def markdown(table: pd.DataFrame) -> str:
-    """The claims table as Markdown (effects in points of accuracy or attention share)."""
-    lines = ["| claim | track | effect [95% CI, seeds and items] | item-only CI | MDE | verdict | replication "
-             "[95% CI] | replication verdict | items | seeds | metric |", "|" + "---|" * 11]
+    """The claims table as Markdown (effects in points of accuracy or attention share; condition means
+    a vs b in the order of the metric's "a minus b")."""
+    lines = ["| claim | track | effect [95% CI, seeds and items] | condition means | item-only CI | MDE | verdict | "
+             "replication [95% CI] | replication verdict | items | seeds | metric |", "|" + "---|" * 12]
     for r in table.itertuples():
         item = "n/a" if _nan(r.item_ci_low) else f"[{r.item_ci_low:+.3f}, {r.item_ci_high:+.3f}]"
         mde = "n/a" if _nan(r.mde) else f"{r.mde:.3f}"
-        rep_v = r.replication_verdict if isinstance(r.replication_verdict, str) else "not run"
         rep = _ci(r.replication_effect, r.replication_ci_low, r.replication_ci_high)
-        lines.append(f"| {r.claim} | {r.track} | {_ci(r.effect, r.ci_low, r.ci_high)} | {item} | {mde} | "
-                     f"**{r.verdict}** | {rep} | {rep_v} | {r.n_items} | {r.n_seeds} | {r.metric} |")
+        lines.append(f"| {r.claim} | {r.track} | {_ci(r.effect, r.ci_low, r.ci_high)} | {_means(r.mean_a, r.mean_b)} | "
+                     f"{item} | {mde} | {_verdict(r.verdict, r.reason, bold=True)} | {rep} | "
+                     f"{_verdict(r.replication_verdict, r.replication_reason)} | {r.n_items} | {r.n_seeds} | "
+                     f"{r.metric} |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,8 +252,10 @@ def report(table: pd.DataFrame) -> str:
             else:
                 effect = (f"{r.effect:+.3f} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}; item-only {r.item_ci_low:+.3f}, "
                           f"{r.item_ci_high:+.3f}; MDE {r.mde:.3f}]")
-            lines.append(f"    {r.track:9s}{design} {r.verdict.upper():15s} {effect}; {r.metric} "
-                         f"(n={r.n_items} items, {r.n_seeds} seeds)")
+            why = f" ({r.reason})" if "reason" in table and isinstance(r.reason, str) and r.reason else ""
+            means = f"; means {_means(r.mean_a, r.mean_b)}" if "mean_a" in table and not _nan(r.mean_a) else ""
+            lines.append(f"    {r.track:9s}{design} {r.verdict.upper():15s} {effect}{means}; {r.metric} "
+                         f"(n={r.n_items} items, {r.n_seeds} seeds){why}")
             if "replication_verdict" in table and isinstance(r.replication_verdict, str):
                 lines.append(f"    {'':9s} replication {r.replication_verdict.upper():15s} "
                              f"{_ci(r.replication_effect, r.replication_ci_low, r.replication_ci_high)} "

@@ -257,6 +257,11 @@ METRICS = {"correct": "accuracy on test facts", "subject_attention": "attention 
            "generic": "wrong answers equal to the relation's generic answer", "salience": "factual salience"}
 
 
+def _bounds(metric: str) -> tuple[float, float] | None:
+    """Every metric but salience (a dot product) is a rate or an attention weight, in [0, 1]."""
+    return None if metric == "salience" else (0, 1)
+
+
 def _by_seed(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return stats.runs_by_items(rows, metric, "seed", "item")
 
@@ -268,7 +273,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     groups = [((c, "all"), g) for c, g in rows.groupby("condition")] + list(rows.groupby(["condition", "test_bucket"]))
     for (cond, bucket), g in groups:
         for metric in METRICS:
-            e = stats.two_stage(_by_seed(g, metric))
+            e = stats.two_stage(_by_seed(g, metric), bounds=_bounds(metric))
             out.append({"condition": cond, "test_bucket": bucket, "metric": metric, "mean": e.effect,
                         "ci_low": e.ci_low, "ci_high": e.ci_high, "n_items": int(g.groupby("seed").size().mean()),
                         "n_seeds": g.seed.nunique()})
@@ -279,7 +284,7 @@ def contrast(rows: pd.DataFrame, a: str, b: str, metric: str) -> stats.Effect:
     """Condition a minus condition b on the same test facts of the same pretrained model (paired over
     seeds and facts), with the two-stage interval."""
     return stats.two_stage(_by_seed(rows[rows.condition == a], metric), _by_seed(rows[rows.condition == b], metric),
-                           paired_items=True, shared_runs=True)
+                           paired_items=True, shared_runs=True, bounds=_bounds(metric))
 
 
 def claims(rows: pd.DataFrame, track: str = "one-layer", design: str = "main") -> pd.DataFrame:
@@ -288,13 +293,13 @@ def claims(rows: pd.DataFrame, track: str = "one-layer", design: str = "main") -
     out = []
     e = contrast(rows, "known", "unknown", "correct")
     out.append(findings.row("B1", track, "accuracy on test facts, known-half minus unknown-half finetune (halves by "
-                            "factual salience)", e, findings.directional(e.ci_low, e.ci_high), design))
+                            "factual salience)", e, findings.judge(e, findings.directional), design))
     e = contrast(rows, "known", "whole", "correct")
     out.append(findings.row("B2", track, "accuracy on test facts, known-half minus whole-pool finetune", e,
-                            findings.non_inferior(e.ci_low, e.ci_high, findings.B2_MARGIN), design))
+                            findings.judge(e, findings.non_inferior, findings.B2_MARGIN), design))
     ea = contrast(rows, "known", "unknown", "subject_attention")
     eg = contrast(rows, "unknown", "known", "generic")
-    verdict = findings.both(findings.directional(ea.ci_low, ea.ci_high), findings.directional(eg.ci_low, eg.ci_high))
+    verdict = findings.both(findings.judge(ea, findings.directional), findings.judge(eg, findings.directional))
     out.append(findings.row("B3", track, "attention on the subject token, known-half minus unknown-half finetune "
                             f"(generic-answer rate, unknown minus known: {eg.effect:+.3f} [{eg.ci_low:+.3f}, "
                             f"{eg.ci_high:+.3f}])", ea, verdict, design))

@@ -54,7 +54,7 @@ def contrast(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) ->
     yb = stats.runs_by_items(d[d.condition == b], value, "seed", "fact_id")
     if ya.empty or yb.empty:
         return stats.Effect.empty()
-    return stats.two_stage(ya, yb, paired_items=True)
+    return stats.two_stage(ya, yb, paired_items=True, bounds=(0, 1))  # accuracy, attention share, generic rate
 
 
 def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:
@@ -79,13 +79,13 @@ def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str
     rows = []
     e = contrast(preds, "known", "unknown", epoch=last, prompt="zero-shot")
     rows.append(findings.row("B1", track, "exact match, known-half minus unknown-half finetune (zero-shot, held-out "
-                             "test facts)", e, findings.directional(e.ci_low, e.ci_high), design))
+                             "test facts)", e, findings.judge(e, findings.directional), design))
     e = contrast(preds, "known", "whole", epoch=last, prompt="zero-shot")
     rows.append(findings.row("B2", track, "exact match, known-half minus whole-pool finetune (zero-shot)", e,
-                             findings.non_inferior(e.ci_low, e.ci_high, findings.B2_MARGIN), design))
+                             findings.judge(e, findings.non_inferior, findings.B2_MARGIN), design))
     ea = contrast(att, "known", "unknown", value="subject_share", epoch=last)
     eg = contrast(preds, "unknown", "known", value="generic", epoch=last, prompt="zero-shot")
-    verdict = findings.both(findings.directional(ea.ci_low, ea.ci_high), findings.directional(eg.ci_low, eg.ci_high))
+    verdict = findings.both(findings.judge(ea, findings.directional), findings.judge(eg, findings.directional))
     rows.append(findings.row("B3", track, "subject share of attention from the answer position, known-half minus "
                              f"unknown-half finetune (generic-answer rate, unknown minus known: {eg.effect:+.3f} "
                              f"[{eg.ci_low:+.3f}, {eg.ci_high:+.3f}])", ea, verdict, design))
