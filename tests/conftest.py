@@ -1,7 +1,15 @@
-"""Shared fixtures: a small world built once per test session in a temporary folder."""
+"""Shared fixtures: a small world built once per test session in a temporary folder, and one smoke run of
+every notebook that the notebook, Ctrl-C and cluster tests share."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
 from knowinject.data import geo, world, worldfiles
@@ -27,3 +35,53 @@ def small_llama(small_world, folder, seed: int):
     model.config._attn_implementation = "eager"
     models.save(model, tok, folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """Every notebook, in order, with the smoke profile, writing into a temporary data folder."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, "KNOWINJECT_DATA": str(tmp / "data"), "KNOWINJECT_FIGURES": str(tmp / "figures")}
+    r = subprocess.run([sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke"], env=env,
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return tmp
+
+
+def results_of(tmp: Path) -> Path:
+    return tmp / "data" / "results" / "smoke"
+
+
+def fresh_cache(smoke_run: Path, data: Path) -> Path:
+    """A data folder with the smoke run's world and pretrained tiny model, but none of its runs."""
+    import shutil
+    for sub in ("worlds", "models"):
+        shutil.copytree(smoke_run / "data" / sub, data / sub)
+    return data
+
+
+def assert_study_b_grid_matches(data: Path, smoke_run: Path, track: str = "tiny", one_design: bool = True) -> None:
+    """Notebook 05's tables for ``track`` computed into ``data`` equal the in-process smoke run's:
+    accuracy tables byte for byte, float tables (losses, attention) to 1e-4 (a task trains with one
+    thread where a notebook may use every core); and, for a grid of the main design alone
+    (``one_design``), the cache holds its base and conditions and nothing else."""
+    from knowinject.core.config import build, stage_params
+
+    from knowinject.studies import study_b
+    cfg = build(study_b.design.StudyBConfig, stage_params("smoke", f"study_b_{track}"), f"study_b_{track}")
+    grid = [f for f in (data / "runs").glob(f"study-b-{track}-*") if "-candidates-" not in f.name and f.is_dir()]
+    if one_design:
+        assert len(grid) == 1 + len(cfg.seeds) * len(cfg.conditions)  # base + conditions
+    other, local = data / "results" / "smoke", results_of(smoke_run)
+    for name in ("study_b_accuracy.csv", "study_b_by_level.csv"):
+        a = pd.read_csv(local / name)
+        a = a[a.track == track].reset_index(drop=True)
+        assert pd.read_csv(other / name).to_csv(index=False) == a.to_csv(index=False), name
+    for name in ("study_b_fit.csv", "study_b_mechanism.csv"):
+        a = pd.read_csv(local / name)
+        a = a[a.track == track].reset_index(drop=True)
+        b = pd.read_csv(other / name)
+        num = [c for c in a.columns if a[c].dtype.kind == "f" and c not in ("seconds", "tokens_per_s")]
+        assert b.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore").equals(
+            a.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore")), name
+        np.testing.assert_allclose(b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-4, atol=1e-6)

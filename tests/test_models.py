@@ -125,6 +125,33 @@ def test_a_folder_without_config_or_safetensors_names_what_is_missing(tiny, tmp_
         models.load(pickled)
 
 
+def test_an_encoder_or_a_truncated_checkpoint_is_refused_within_seconds(tiny, tmp_path):
+    import time
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    model, tok = tiny
+    bert = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(bert)
+    tok.save_pretrained(bert)
+    start = time.perf_counter()
+    with pytest.raises(models.ModelNotFound, match=r"holds a BertForMaskedLM \(model_type 'bert'\), not a causal "
+                                                   r"language model.*causal \(decoder\) language model"):
+        models.load(bert)
+    cut = tmp_path / "cut"
+    models.save(model, tok, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy that stopped halfway
+    with pytest.raises(models.ModelNotFound, match=r"cut/model.safetensors is not a readable safetensors file.*"
+                                                   r"truncated or corrupt. Save the model again"):
+        models.load(cut)
+    weights.write_bytes(b"\x05")  # not even a header
+    with pytest.raises(models.ModelNotFound, match=r"model.safetensors is not a readable safetensors file"):
+        models.load(cut)
+    assert time.perf_counter() - start < 10
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     return models.load(models.SMOLLM2)

@@ -19,6 +19,8 @@ from knowinject.studies import findings
 
 from knowinject import pipeline
 
+from .conftest import assert_study_b_grid_matches, fresh_cache, results_of
+
 NOTEBOOKS = pipeline.notebooks()
 
 
@@ -45,19 +47,8 @@ def pipeline_params(nb_path):
     return papermill.inspect_notebook(str(nb_path))
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """Every notebook, in order, with the smoke profile, writing into a temporary data folder."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    env = {**os.environ, "KNOWINJECT_DATA": str(tmp / "data"), "KNOWINJECT_FIGURES": str(tmp / "figures")}
-    r = subprocess.run([sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke"], env=env,
-                       capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return tmp
-
-
 def _results(tmp):
-    return tmp / "data" / "results" / "smoke"
+    return results_of(tmp)
 
 
 def test_smoke_01_world(smoke_run):
@@ -192,14 +183,9 @@ def test_study_b_grid_on_ray_gives_the_in_process_tables(smoke_run, tmp_path):
     """Notebook 05's tiny grid as Ray tasks on a local instance with 2 workers, into a fresh run cache:
     the same accuracy tables, byte for byte, as the in-process smoke run; float tables (losses,
     attention) to 1e-4, since a task trains with 1 thread where the notebook used every core."""
-    import shutil
-
-    import numpy as np
     import papermill
 
-    data = tmp_path / "data"
-    for sub in ("worlds", "models"):  # the world and the pretrained tiny model, but none of the runs
-        shutil.copytree(smoke_run / "data" / sub, data / sub)
+    data = fresh_cache(smoke_run, tmp_path / "data")
     env = {"KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
            "KNOWINJECT_EXECUTOR": "ray", "KNOWINJECT_RAY_CPUS": "2"}
     old = {k: os.environ.get(k) for k in env}
@@ -213,25 +199,7 @@ def test_study_b_grid_on_ray_gives_the_in_process_tables(smoke_run, tmp_path):
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     out = tmp_path / "05.ipynb"
     assert "Ray tasks" in out.read_text(), "the grid did not run on Ray"
-    ray_results, local = data / "results" / "smoke", _results(smoke_run)
-    from knowinject.core.config import build, stage_params
-
-    from knowinject.studies import study_b
-    cfg = build(study_b.design.StudyBConfig, stage_params("smoke", "study_b_tiny"), "study_b_tiny")
-    grid = [f for f in (data / "runs").glob("study-b-tiny-*") if "-candidates-" not in f.name]  # base + conditions
-    assert len(grid) == 1 + len(cfg.seeds) * len(cfg.conditions)
-    for name in ("study_b_accuracy.csv", "study_b_by_level.csv"):
-        a = pd.read_csv(local / name)
-        a = a[a.track == "tiny"].reset_index(drop=True)
-        assert pd.read_csv(ray_results / name).to_csv(index=False) == a.to_csv(index=False), name
-    for name in ("study_b_fit.csv", "study_b_mechanism.csv"):
-        a = pd.read_csv(local / name)
-        a = a[a.track == "tiny"].reset_index(drop=True)
-        b = pd.read_csv(ray_results / name)
-        num = [c for c in a.columns if a[c].dtype.kind == "f" and c not in ("seconds", "tokens_per_s")]
-        assert b.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore").equals(
-            a.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore")), name
-        np.testing.assert_allclose(b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-4, atol=1e-6)
+    assert_study_b_grid_matches(data, smoke_run)
 
 
 def _chromium() -> str | None:

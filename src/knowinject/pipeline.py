@@ -4,6 +4,14 @@ Executed copies go to ``build/notebooks/<profile>/`` (git-ignored); the sources 
 in place. Parameters are checked against each notebook's ``parameters`` cell before anything runs,
 and a failing notebook stops the pipeline with a message naming the notebook and the cell.
 
+Ctrl-C (SIGINT, or SIGTERM) stops it promptly and cleanly. The notebook's kernel leads a session of its
+own (so a terminal's Ctrl-C never reaches it or its grid's workers); the pipeline passes the interrupt
+on: the kernel's cell gets a KeyboardInterrupt, the grid stops handing out work and stops its workers,
+each of which unwinds the runs it holds (temporary folders removed, claims released). The pipeline
+then says what finished and what was dropped, and exits with 130 within ``STOP_S`` seconds; whatever
+is still alive by then is killed. A second Ctrl-C stops everything at once. A rerun resumes: every
+finished run is cached.
+
 Usage: ``python -m knowinject.pipeline --profile smoke [01_generate_data ...]``.
 """
 
@@ -12,7 +20,10 @@ from __future__ import annotations
 import argparse
 import ast
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +110,75 @@ class NotebookFailed(RuntimeError):
     pass
 
 
+# How long the first Ctrl-C gives the notebook's kernel and workers to unwind before they are killed:
+# a worker stops at its next Python bytecode, so seconds suffice; the bound is what the test requires.
+STOP_S = 20.0
+
+
+class Interrupt:
+    """The pipeline's SIGINT / SIGTERM handler. The first signal interrupts the running kernel (and,
+    after ``STOP_S``, kills what is left of its process tree); the second kills the tree at once."""
+
+    def __init__(self):
+        self.count = 0
+        self.tree: list = []  # every process below the pipeline when the signal came (kernel, workers)
+        self.timer: threading.Timer | None = None
+
+    def install(self) -> dict:
+        """Handle SIGINT and SIGTERM; returns the handlers they had (``restore`` puts them back)."""
+        return {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def restore(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self, signum, frame) -> None:
+        import psutil
+
+        self.count += 1
+        me = psutil.Process()
+        self.tree = list({p.pid: p for p in self.tree + me.children(recursive=True)}.values())
+        if self.count == 1:
+            print(f"\ninterrupted ({signal.Signals(signum).name}): stopping the running notebook and its workers "
+                  f"(within {STOP_S:.0f} s; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            for kernel in me.children():  # the notebook's kernel: an interrupt, as JupyterLab's stop button
+                try:
+                    kernel.send_signal(signal.SIGINT)
+                except psutil.Error:
+                    pass
+            self.timer = threading.Timer(STOP_S, self.kill_tree)
+            self.timer.daemon = True
+            self.timer.start()
+        else:
+            print("\nsecond interrupt: stopping at once", file=sys.stderr, flush=True)
+            self.kill_tree(grace_s=1.0)
+            os._exit(130)
+
+    def kill_tree(self, grace_s: float = 3.0) -> None:
+        """Terminate every process of the tree still alive (workers first see SIGTERM and unwind), then kill."""
+        import psutil
+
+        alive = [p for p in self.tree if p.is_running()]
+        for p in alive:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, left = psutil.wait_procs(alive, timeout=grace_s)
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+    def finish(self) -> None:
+        """After the interrupted notebook returned: nothing of its tree may outlive the pipeline."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.kill_tree()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default")
@@ -107,16 +187,42 @@ def main(argv: list[str] | None = None) -> int:
     # papermill's --log-output goes through its logger: show the cells' output as they run.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
+    stop = Interrupt()
+    previous = stop.install()
+    try:
+        return _run(args, stop)
+    finally:
+        stop.restore(previous)  # main() may be called from another program (the tests): leave its handlers
+
+
+def _run(args, stop: Interrupt) -> int:
+    done: list[str] = []
+    chosen: list[Path] = []
     try:
         check_profile(args.profile)
         chosen = resolve(args.notebooks)
         for nb in chosen:  # check every notebook's parameters before spending time on the first
             check_parameters(nb, notebook_params(args.profile, nb.stem))
         for nb in chosen:
+            if stop.count:
+                break
             run_notebook(nb, args.profile)
+            done.append(nb.stem)
     except (ConfigError, NotebookFailed) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if not stop.count:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    except BaseException:  # a kernel killed after the stop deadline ends papermill in its own way
+        if not stop.count:
+            raise
+    if stop.count:
+        stop.finish()
+        dropped = [nb.stem for nb in chosen if nb.stem not in done]
+        print(f"stopped by an interrupt. Finished: {', '.join(done) or 'no notebook'}. Dropped: "
+              f"{', '.join(dropped) or 'nothing'} (the interrupted notebook's finished runs are kept in the cache, "
+              f"its runs in flight were discarded whole). Run the same command again to resume: it recomputes "
+              f"only what is missing.", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

@@ -20,6 +20,7 @@ Usage: ``folders = executor.map_tasks(functools.partial(compute, track, ...), ba
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -61,7 +62,10 @@ def needs_gpu(track) -> bool:
 
 def _env_vars() -> dict[str, str]:
     # The tasks must read and write the same data folders and see the same offline settings.
-    keep = ("KNOWINJECT_DATA", "KNOWINJECT_FIGURES", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    # The claims' lease is the cluster's: every worker must judge a claim by the driver's. (KNOWINJECT_HOST
+    # is a node's own name and stays with the node.)
+    keep = ("KNOWINJECT_DATA", "KNOWINJECT_FIGURES", "KNOWINJECT_CLAIM_LEASE_S", "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE")
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
@@ -93,14 +97,45 @@ def _threads(n_workers: int) -> int:
     return max(1, cores // n_workers)
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds the worker's runs: temporary folders removed, claims released
+
+
 def _start_worker(threads: int) -> None:
     import signal
 
     import torch
     torch.set_num_threads(threads)
-    # Ctrl-C (or a notebook kernel's shutdown) reaches the whole process group: the parent stops handing
-    # out tasks; a worker finishes the runs it holds (a run is renamed into place whole, or not at all).
+    # Ctrl-C is the parent's to handle (it reaches the whole process group): the parent stops handing out
+    # tasks and then stops its workers with SIGTERM, which unwinds the runs they hold (a run is renamed
+    # into place whole or not at all, and its claim is released), so a rerun resumes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _in_worker(fn: Callable[[Any], Any], task: Any) -> Any:
+    try:
+        return fn(task)
+    except SystemExit:  # SIGTERM from stop_workers, after the task's runs unwound: leave, take nothing more
+        os._exit(143)
+
+
+def stop_workers(grace_s: float = 10.0) -> None:
+    """Stop the local worker processes now (Ctrl-C): SIGTERM, then SIGKILL after ``grace_s``."""
+    global _POOL
+    if _POOL is None:
+        return
+    pool, _POOL = _POOL[2], None
+    procs = list(getattr(pool, "_processes", {}).values())
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _pool(n: int):
@@ -126,15 +161,9 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], costs: Iterable[fl
     costs = [1.0] * len(tasks) if costs is None else list(costs)
     if not tasks:
         return []
-    if name() == "ray":
-        ray = _ray()
-        remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(_task)
-        refs = [remote.remote(fn, t, 1) for t in tasks]
-        if progress:
-            print(f"{desc}: {len(tasks)} batches of runs as Ray tasks ({ray.available_resources().get('CPU', 0):.0f} "
-                  "CPUs free)")
-        return ray.get(refs)
     from tqdm.auto import tqdm
+    if name() == "ray":
+        return _map_ray(fn, tasks, desc, progress, gpu)
     n = min(workers(), len(tasks))
     if n == 1:
         return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress)]
@@ -144,16 +173,47 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], costs: Iterable[fl
         print(f"{desc}: {len(tasks)} batches of runs on {workers()} local worker processes "
               f"({_POOL[1]} thread{'s' if _POOL[1] > 1 else ''} each)")
     order = sorted(range(len(tasks)), key=lambda i: -costs[i])  # longest first: the workers finish together
-    futures = {pool.submit(fn, tasks[i]): i for i in order}
+    futures = {pool.submit(_in_worker, fn, tasks[i]): i for i in order}
     out: list[Any] = [None] * len(tasks)
     try:
         for f in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=not progress):
             out[futures[f]] = f.result()
-    except BaseException:  # a failed task or Ctrl-C: start nothing more (the runs already finished are kept)
+    except BaseException as e:  # a failed task or Ctrl-C: start nothing more (the runs already finished are kept)
         for f in futures:
             f.cancel()
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            stop_workers()  # and stop the runs in flight, so nothing outlives the interrupted cell
         raise
     return out
+
+
+def _map_ray(fn, tasks: list, desc: str, progress: bool, gpu: bool) -> list:
+    """The tasks as Ray tasks; a progress bar over finished tasks, whichever node finishes them. A task
+    whose node is lost is retried on another (Ray's default for tasks); its runs' claims are taken over
+    there once their lease expires (:mod:`knowinject.core.claims`)."""
+    from tqdm.auto import tqdm
+
+    ray = _ray()
+    remote = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=3)(_task)
+    refs = [remote.remote(fn, t, 1) for t in tasks]
+    if progress:
+        print(f"{desc}: {len(tasks)} batches of runs as Ray tasks ({ray.cluster_resources().get('CPU', 0):.0f} "
+              "CPUs in the cluster)", flush=True)
+    pending = list(refs)
+    try:
+        with tqdm(total=len(refs), desc=desc, disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=5.0)
+                bar.update(len(done))
+        return ray.get(refs)
+    except BaseException:  # Ctrl-C (or a failed task): cancel the rest; a cancelled task unwinds its runs
+        for r in pending:
+            ray.cancel(r)
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=10.0)
+        for r in pending:
+            ray.cancel(r, force=True)
+        raise
 
 
 def map_runs(fn: Callable[[Any], Any], jobs: Iterable[Any], desc: str = "runs", progress: bool = True,

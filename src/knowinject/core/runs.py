@@ -19,11 +19,15 @@ from typing import Any
 
 import pandas as pd
 
-from knowinject.core import paths
+from knowinject.core import claims, paths
+from knowinject.core.claims import claim
 from knowinject.core.config import canonical_json, config_hash, save_json
 from knowinject.core.provenance import provenance
 
 DONE = "provenance.json"  # written last: its presence means the run finished
+# One line per run finished, appended by whichever worker (process, Ray node, host) finished it: a
+# record of who computed what, and how the cluster tests count that no run was computed twice.
+LEDGER = "ledger.jsonl"
 
 
 def run_id(slug: str, cfg: Any) -> str:
@@ -50,6 +54,26 @@ def cached_run(root: Path, slug: str, cfg: Any, compute: Callable[[Path], Any], 
     return folder
 
 
+def _record(root: Path, run: str, waited_s: float) -> None:
+    import json
+    line = json.dumps({"run": run, "host": claims.host(), "pid": os.getpid(), "time": time.time(),
+                       "waited_s": round(waited_s, 3)}) + "\n"
+    # One write of one short line with O_APPEND: lines from several workers never interleave.
+    fd = os.open(root / LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def ledger(root: Path) -> pd.DataFrame:
+    """Every run finished under ``root``: run, host, pid, time, and how long its worker waited for another's
+    claim on it (``waited_s``), one row per completion."""
+    path = Path(root) / LEDGER
+    return pd.read_json(path, lines=True) if path.exists() and path.stat().st_size else \
+        pd.DataFrame(columns=["run", "host", "pid", "time", "waited_s"])
+
+
 @dataclass(frozen=True)
 class Spec:
     """A run as a grid names it: a readable slug, the config its folder is hashed from, and its seed."""
@@ -74,7 +98,7 @@ class Batch:
     def __init__(self, root: Path, specs: list[Spec], profile: str | None = None):
         self.root, self.specs, self.profile = Path(root), list(specs), profile
         self.folders = [s.folder(root) for s in self.specs]
-        self._claims: list[claim] = []
+        self._claims: dict[int, claim] = {}
         self._tmp: dict[int, Path] = {}
         self.todo: list[int] = []
 
@@ -84,9 +108,9 @@ class Batch:
             for i in sorted(range(len(self.specs)), key=lambda i: self.folders[i].name):
                 if is_done(self.folders[i]):
                     continue
-                c = claim(self.folders[i])
+                c = claim(self.folders[i], show=paths.show)
                 c.__enter__()
-                self._claims.append(c)
+                self._claims[i] = c
                 if is_done(self.folders[i]):  # another worker finished it while this one waited for the claim
                     continue
                 tmp = self.folders[i].with_name(self.folders[i].name + f".partial-{os.getpid()}")
@@ -111,85 +135,16 @@ class Batch:
         if folder.exists():  # an older unfinished copy (no DONE): replace it
             shutil.rmtree(folder)
         os.replace(tmp, folder)
+        _record(self.root, folder.name, self._claims[i].waited_s if i in self._claims else 0.0)
         return folder
 
     def __exit__(self, *exc):
         for tmp in self._tmp.values():
             shutil.rmtree(tmp, ignore_errors=True)
         self._tmp.clear()
-        for c in self._claims:
+        for c in self._claims.values():
             c.__exit__()
         self._claims.clear()
-        return False
-
-
-# --- claims: one worker per run ------------------------------------------------------------------------------
-# Workers (Ray tasks, two notebooks, two machines on one shared disk) that reach the same uncomputed
-# run take turns: the first creates ``<folder>.claim`` atomically (O_EXCL) and computes; the others
-# wait for it and then find the finished folder. A claim whose owner died is taken over: on the same
-# host when its process no longer exists, on another host when it is older than CLAIM_STALE_S.
-
-CLAIM_STALE_S = 24 * 3600.0
-CLAIM_POLL_S = 1.0
-
-
-def _claim_path(folder: Path) -> Path:
-    return folder.with_name(folder.name + ".claim")
-
-
-def _owner_alive(text: str) -> bool:
-    import json
-    import socket
-    try:
-        owner = json.loads(text)
-    except ValueError:
-        return True  # being written right now
-    if owner.get("host") != socket.gethostname():
-        return time.time() - owner.get("time", 0) < CLAIM_STALE_S
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class claim:
-    """Context manager: hold the claim on ``folder``'s run, waiting while a live worker holds it."""
-
-    def __init__(self, folder: Path, poll_s: float | None = None):
-        self.path = _claim_path(Path(folder))
-        self.folder = Path(folder)
-        self.poll_s = CLAIM_POLL_S if poll_s is None else poll_s
-
-    def __enter__(self):
-        import json
-        import socket
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
-        waited = False
-        while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    held_by = self.path.read_text()
-                except FileNotFoundError:
-                    continue  # released between the two calls: try again
-                if not _owner_alive(held_by):
-                    self.path.unlink(missing_ok=True)  # its owner died: take the run over
-                    continue
-                if not waited:
-                    print(f"waiting: {paths.show(self.folder)} is being computed by {held_by}")
-                    waited = True
-                time.sleep(self.poll_s)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            return self
-
-    def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
         return False
 
 

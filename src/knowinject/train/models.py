@@ -208,6 +208,47 @@ def check_folder(folder: Path) -> None:
         raise ModelNotFound(f"model folder {folder} lacks {' and '.join(missing)}. Make one with "
                             "`model.save_pretrained(folder, safe_serialization=True)` and "
                             "`tokenizer.save_pretrained(folder)` (transformers), then pass that folder.")
+    check_causal(folder)
+    for path in sorted(folder.glob("*.safetensors")):
+        check_weights(path)
+
+
+def check_causal(folder: Path) -> None:
+    """Refuse a folder whose model is not a causal (decoder) language model: loaded as one, an encoder
+    such as BERT gets a language-model head initialised at random, with only a warning, and every result
+    after it would be noise."""
+    import json
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as e:
+        raise ModelNotFound(f"{folder / 'config.json'} is not valid JSON ({e}); save the model again") from None
+    model_type, archs = config.get("model_type", "?"), list(config.get("architectures") or [])
+    causal_classes = {c for v in CAUSAL.values() for c in ([v] if isinstance(v, str) else v)}
+    encoder = model_type not in CAUSAL or (archs and not any(a in causal_classes for a in archs)) \
+        or (model_type in ("bert", "roberta", "xlm-roberta", "electra") and not config.get("is_decoder"))
+    if encoder:
+        found = ", ".join(archs) or "no architectures listed"
+        raise ModelNotFound(f"model folder {folder} holds a {found} (model_type {model_type!r}), not a causal language "
+                            "model. These studies finetune and generate with a causal (decoder) language model, "
+                            "such as Llama, SmolLM2, Qwen or GPT-2 (AutoModelForCausalLM); an encoder's language-model "
+                            "head would be initialised at random.")
+
+
+def check_weights(path: Path) -> None:
+    """Read a safetensors file's header: a truncated or corrupt file fails here, named, not deep in loading."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if keys:
+                f.get_slice(keys[-1])  # the last tensor's offsets must lie inside the file
+    except (SafetensorError, OSError) as e:
+        raise ModelNotFound(f"{path} is not a readable safetensors file ({e}): it is truncated or corrupt. Save "
+                            "the model again with `model.save_pretrained(folder, safe_serialization=True)`.") from None
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:

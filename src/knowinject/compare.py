@@ -1,0 +1,166 @@
+"""A reproduction report: this checkout's results beside the committed ones.
+
+For every claim and track: whether the verdict is the same, and whether the new effect lies inside the
+committed two-stage interval. For every result table: the largest deviation over the values both
+runs have (timings left out: they measure the machine). For both runs: the CPU with its bf16 / AMX
+features, the precision and the commit. Exit status 1 when any verdict moved between reproduced and not
+reproduced (either way), 0 otherwise; the report goes to stdout and to ``build/compare-<profile>.md``.
+
+"Committed" is the version of each table at a git revision (``--ref``, default ``HEAD``); "this run" is
+the file in the working tree (``data/results/``, or ``KNOWINJECT_DATA``), as ``make reproduce`` left it.
+
+Usage: ``make compare`` or ``python -m knowinject.compare [--ref HEAD] [--profile default]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from knowinject.core import paths
+
+TIMING = ("seconds", "tokens_per_s", "train_seconds", "wall_s", "s_per_step", "runs_per_hour", "finished_utc")
+FLIPS = {("reproduced", "not reproduced"), ("not reproduced", "reproduced")}
+
+
+def _md(df: pd.DataFrame, index: bool = False) -> str:
+    """A DataFrame as a Markdown table (pandas' to_markdown needs tabulate, which is not pinned)."""
+    if index:
+        df = df.reset_index().rename(columns={"index": ""})
+
+    def cell(v):
+        if isinstance(v, float):
+            return "" if np.isnan(v) else f"{v:.4g}"
+        return "" if v is None else str(v)
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def committed(path: Path, ref: str) -> str | None:
+    """The text of ``path`` at git revision ``ref``, or None where it was not committed there."""
+    try:
+        rel = path.resolve().relative_to(paths.ROOT)
+    except ValueError:  # KNOWINJECT_DATA outside the repository: the same relative layout in the repo
+        rel = Path("data") / path.resolve().relative_to(paths.DATA)
+    r = subprocess.run(["git", "show", f"{ref}:{rel.as_posix()}"], cwd=paths.ROOT, capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def _run_facts(prov: dict | None, pretrain: dict | None) -> dict:
+    prov = prov or {}
+    cpu = prov.get("cpu") or {}
+    features = cpu.get("features")
+    return {"commit": (prov.get("git_commit") or "unknown")[:10] + (" (dirty)" if prov.get("git_dirty") else ""),
+            "cpu": cpu.get("model") or prov.get("device", "unknown"),
+            "bf16 / AMX features": ", ".join(features) if features else ("none" if features == [] else "not recorded"),
+            "precision": (pretrain or {}).get("precision", "not recorded"),
+            "created": prov.get("created_utc", "unknown")}
+
+
+def claims(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim and track (main design, and the replication where both have one)."""
+    rows = []
+    merged = old.merge(new, on=["claim", "track"], how="outer", suffixes=("_old", "_new"))
+    for r in merged.itertuples():
+        for design, pre in (("main", ""), ("replication", "replication_")):
+            v_old, v_new = getattr(r, f"{pre}verdict_old", None), getattr(r, f"{pre}verdict_new", None)
+            if not isinstance(v_old, str) and not isinstance(v_new, str):
+                continue
+            e_new = getattr(r, f"{pre}effect_new", np.nan)
+            lo, hi = getattr(r, f"{pre}ci_low_old", np.nan), getattr(r, f"{pre}ci_high_old", np.nan)
+            inside = bool(lo <= e_new <= hi) if not np.isnan([e_new, lo, hi]).any() else None
+            rows.append({"claim": r.claim, "track": r.track, "design": design,
+                         "committed": f"{getattr(r, f'{pre}effect_old', np.nan):+.3f} [{lo:+.3f}, {hi:+.3f}] {v_old}",
+                         "this run": f"{e_new:+.3f} [{getattr(r, f'{pre}ci_low_new', np.nan):+.3f}, "
+                                     f"{getattr(r, f'{pre}ci_high_new', np.nan):+.3f}] {v_new}",
+                         "same verdict": v_old == v_new, "new effect in committed interval": inside,
+                         "flipped": (v_old, v_new) in FLIPS})
+    return pd.DataFrame(rows)
+
+
+def deviation(old: pd.DataFrame, new: pd.DataFrame) -> dict:
+    """The largest absolute difference over the numeric columns both tables have, rows aligned by their
+    non-numeric columns where those identify them, else by position."""
+    num = [c for c in old.columns if c in new.columns and c not in TIMING and old[c].dtype.kind in "fiub"
+           and new[c].dtype.kind in "fiub"]
+    keys = [c for c in old.columns if c in new.columns and c not in num and c not in TIMING]
+    if keys and not old.duplicated(keys).any() and not new.duplicated(keys).any():
+        both = old[keys + num].merge(new[keys + num], on=keys, how="inner", suffixes=("_old", "_new"))
+    else:
+        n = min(len(old), len(new))
+        both = pd.concat([old[num].iloc[:n].add_suffix("_old").reset_index(drop=True),
+                          new[num].iloc[:n].add_suffix("_new").reset_index(drop=True)], axis=1)
+    worst, where = 0.0, ""
+    for c in num:
+        d = (both[f"{c}_new"].astype(float) - both[f"{c}_old"].astype(float)).abs()
+        if len(d) and d.max(skipna=True) > worst:
+            worst, where = float(d.max(skipna=True)), c
+    return {"rows committed": len(old), "rows this run": len(new), "rows compared": len(both),
+            "largest deviation": worst, "in column": where or "-"}
+
+
+def report(profile: str = "default", ref: str = "HEAD") -> tuple[str, bool]:
+    """The report as Markdown, and whether a verdict flipped between reproduced and not reproduced."""
+    folder = paths.results_dir(profile)
+    out = [f"# Reproduction report: this run against `{ref}` (profile {profile})", ""]
+
+    def load(name):
+        path = folder / name
+        text = committed(path, ref)
+        old = pd.read_csv(io.StringIO(text)) if text is not None and name.endswith(".csv") else text
+        new = (pd.read_csv(path) if name.endswith(".csv") else path.read_text()) if path.exists() else None
+        return old, new
+
+    prov_old, prov_new = (json.loads(t) if isinstance(t, str) else None for t in load("findings.provenance.json"))
+    pre_old, pre_new = (json.loads(t) if isinstance(t, str) else None for t in load("tiny_pretrain.json"))
+    facts = pd.DataFrame({"committed": _run_facts(prov_old, pre_old), "this run": _run_facts(prov_new, pre_new)})
+    out += ["## The two runs", "", _md(facts, index=True), ""]
+    old, new = load("findings.csv")
+    flipped = False
+    if old is None or new is None:
+        out += [f"No findings.csv {'committed at ' + ref if old is None else 'in this run'}: nothing to compare.", ""]
+    else:
+        table = claims(old, new)
+        flipped = bool(table.flipped.any())
+        same, inside = table["same verdict"], table["new effect in committed interval"]
+        out += ["## Claims", "", f"{int(same.sum())} of {len(table)} verdicts the same; "
+                f"{int((inside == True).sum())} of {int(inside.notna().sum())} new effects inside the committed "  # noqa: E712
+                f"two-stage interval; {int(table.flipped.sum())} flipped between reproduced and not reproduced.", "",
+                _md(table.drop(columns="flipped")), ""]
+    rows = []
+    for path in sorted(folder.glob("*.csv")):
+        o, n = load(path.name)
+        if o is None or n is None:
+            rows.append({"table": path.name, "note": "not committed" if o is None else "missing in this run"})
+            continue
+        rows.append({"table": path.name, **deviation(o, n)})
+    out += ["## Result tables", "", "Largest absolute deviation over the values both runs have (timings left "
+            "out).", "", _md(pd.DataFrame(rows)), ""]
+    if flipped:
+        out += ["**A verdict moved between reproduced and not reproduced** (exit status 1).", ""]
+    return "\n".join(out), flipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--ref", default="HEAD", help="the git revision of the committed results (default HEAD)")
+    args = ap.parse_args(argv)
+    text, flipped = report(args.profile, args.ref)
+    print(text)
+    out = paths.ensure(paths.ROOT / "build") / f"compare-{args.profile}.md"
+    out.write_text(text)
+    print(f"(written to {paths.show(out)})", file=sys.stderr)
+    return 1 if flipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The reproduction report: verdicts compared claim by claim, the largest deviation per table, and a
+non-zero exit when a verdict moves between reproduced and not reproduced."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from knowinject.core import paths
+
+from knowinject import compare
+
+
+def _findings(effect, lo, hi, verdict, rep_verdict="undecided"):
+    return pd.DataFrame([{"claim": "A1", "track": "tiny", "effect": effect, "ci_low": lo, "ci_high": hi,
+                          "verdict": verdict, "replication_effect": 0.1, "replication_ci_low": -0.1,
+                          "replication_ci_high": 0.3, "replication_verdict": rep_verdict},
+                         {"claim": "B1", "track": "tiny", "effect": 0.05, "ci_low": 0.01, "ci_high": 0.09,
+                          "verdict": "reproduced", "replication_effect": float("nan"), "replication_ci_low": float("nan"),
+                          "replication_ci_high": float("nan"), "replication_verdict": float("nan")}])
+
+
+def test_claims_flag_moved_verdicts_and_effects_outside_the_committed_interval():
+    old = _findings(0.124, 0.066, 0.182, "reproduced")
+    same = compare.claims(old, _findings(0.10, 0.05, 0.15, "reproduced"))
+    assert same["same verdict"].all() and same["new effect in committed interval"].all() and not same.flipped.any()
+    assert list(same.design) == ["main", "replication", "main"]  # B1 was not replicated: no row
+    moved = compare.claims(old, _findings(0.024, -0.03, 0.08, "undecided"))
+    row = moved[(moved.claim == "A1") & (moved.design == "main")].iloc[0]
+    assert not row["same verdict"] and not row["new effect in committed interval"] and not row.flipped
+    flipped = compare.claims(old, _findings(-0.1, -0.2, -0.05, "not reproduced"))
+    assert flipped.flipped.sum() == 1
+
+
+def test_deviation_aligns_rows_by_their_labels_and_ignores_timings():
+    old = pd.DataFrame({"bucket": ["1", "2-3"], "em": [0.04, 0.13], "seconds": [10.0, 20.0]})
+    new = pd.DataFrame({"bucket": ["2-3", "1"], "em": [0.10, 0.06], "seconds": [99.0, 99.0]})
+    d = compare.deviation(old, new)
+    assert abs(d["largest deviation"] - 0.03) < 1e-12 and d["in column"] == "em" and d["rows compared"] == 2
+
+
+def test_report_exits_non_zero_when_a_verdict_flips(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RESULTS", tmp_path)
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    old = _findings(0.124, 0.066, 0.182, "reproduced")
+    prov = {"git_commit": "abc", "cpu": {"model": "AMD EPYC", "features": ["avx512_bf16"]}}
+    store = {"findings.csv": old.to_csv(index=False), "findings.provenance.json": json.dumps(prov)}
+    monkeypatch.setattr(compare, "committed", lambda path, ref: store.get(path.name))
+    _findings(-0.1, -0.2, -0.05, "not reproduced").to_csv(tmp_path / "findings.csv", index=False)
+    (tmp_path / "findings.provenance.json").write_text(json.dumps({**prov, "cpu": {"model": "Intel Xeon",
+                                                                                  "features": ["amx_bf16"]}}))
+    text, flipped = compare.report("default", "HEAD")
+    assert flipped and "AMD EPYC" in text and "Intel Xeon" in text and "0 of 3 verdicts the same" not in text
+    assert compare.main(["--profile", "default"]) == 1
+    old.to_csv(tmp_path / "findings.csv", index=False)
+    assert compare.main(["--profile", "default"]) == 0
