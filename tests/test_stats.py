@@ -151,3 +151,37 @@ def test_bounded_interval_stays_in_range_and_keeps_coverage():
     assert stats.two_stage(first, second, paired_items=True, shared_runs=True).ci_high > 1
     with pytest.raises(ValueError, match=r"outside the stated bounds \(0, 1\)"):
         stats.two_stage(first * 2, bounds=(0, 1))
+
+
+def _with_bases(rng, n_bases=4, runs_per_base=3, n_items=60, base_sd=0.12, run_sd=0.03):
+    """Runs finetuned from several pretrained bases: a base effect shared by its runs, then run, item
+    and noise effects (the tiny track's design when pretraining is a level of it)."""
+    base = np.repeat(rng.normal(0, base_sd, n_bases), runs_per_base)[:, None]
+    n = n_bases * runs_per_base
+    y = 0.5 + base + rng.normal(0, run_sd, (n, 1)) + rng.normal(0, 0.2, (1, n_items)) + rng.normal(0, 0.1, (n, n_items))
+    return pd.DataFrame(y), {r: r // runs_per_base for r in range(n)}
+
+
+def _base_coverage(use_bases: bool, trials: int = 200) -> float:
+    rng = np.random.default_rng(7)
+    hits = 0
+    for k in range(trials):
+        y, bases = _with_bases(rng)
+        e = stats.two_stage(y, n_boot=400, seed=k, bases=bases if use_bases else None)
+        hits += e.ci_low <= 0.5 <= e.ci_high
+    return hits / trials
+
+
+def test_resampling_base_models_covers_a_base_variance_component():
+    assert 0.91 <= _base_coverage(True) <= 0.99
+    y, bases = _with_bases(np.random.default_rng(1))
+    e = stats.two_stage(y, bases=bases)
+    assert e.n_bases == 4 and 0.5 < e.base_share <= 1.0  # the base draw dominates this design's variance
+    assert stats.two_stage(y).n_bases == 0
+    with pytest.raises(ValueError, match=r"runs \[11\] have no base"):
+        stats.two_stage(y, bases={r: 0 for r in range(11)})
+
+
+def test_the_base_coverage_test_fails_when_runs_are_resampled_as_independent():
+    # Mutation check: base resampling switched off (runs of one base treated as independent draws).
+    assert not 0.91 <= _base_coverage(False) <= 0.99

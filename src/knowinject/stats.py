@@ -85,6 +85,8 @@ class Effect:
     n_seeds: int
     mean_a: float = np.nan
     mean_b: float = np.nan
+    n_bases: int = 0                # base models resampled (0: runs resampled as independent draws)
+    base_share: float = np.nan      # share of the variance from the base models (see two_stage)
 
     @property
     def mde(self) -> float:
@@ -120,7 +122,7 @@ def _replicates(y: pd.DataFrame, w_runs: np.ndarray, w_items: np.ndarray) -> np.
 
 def two_stage(a, b=None, *, paired_items: bool = False, shared_runs: bool = False, n_boot: int = N_BOOT,
               level: float = 0.95, seed: int = 0, resample_runs: bool = True,
-              bounds: tuple[float, float] | None = None) -> Effect:
+              bounds: tuple[float, float] | None = None, bases: dict | None = None) -> Effect:
     """Mean of ``a`` (runs x items), or mean(a) - mean(b), with a two-stage bootstrap interval.
 
     The statistic is the mean over all (run, item) cells. Its variance has a part from training
@@ -135,6 +137,14 @@ def two_stage(a, b=None, *, paired_items: bool = False, shared_runs: bool = Fals
     finetune), resampled together; otherwise each condition's runs are resampled on their own.
     ``resample_runs=False`` drops the training part (what an item-only bootstrap assumes). The
     item-only interval reported beside it averages each item over runs, then resamples items.
+
+    ``bases``: which base model each run (row label) finetuned, when runs of several pretrained bases are
+    pooled. The training stage then resamples *bases*, each with all its runs (in both conditions: they
+    finetuned the same bases), rather than runs: runs of one base share its draw, so treating them as
+    independent understates the variance (a cluster bootstrap; ``tests/test_stats.py`` checks coverage
+    with a base variance component, and that it fails without this). Its degrees of freedom are the
+    number of bases less one. ``base_share`` estimates the part of the total variance due to the bases:
+    the bases' resampling variance less that of runs resampled within their bases, over the total.
 
     ``bounds``: the range a score can take, e.g. (0, 1) for an accuracy. The two-stage interval is then
     truncated to the parameter's range, [lo, hi] for a mean and [lo - hi, hi - lo] for a difference
@@ -166,9 +176,36 @@ def two_stage(a, b=None, *, paired_items: bool = False, shared_runs: bool = Fals
                              f"bounds {bounds}; pass the metric's true range, or bounds=None for an unbounded one")
     rng = numpy_rng(seed, "bootstrap-two-stage")
     fixed = {y.shape: np.ones((n_boot, y.shape[0])) for y in (ya, yb) if y is not None}
+    if bases is not None:
+        missing = [r for y in (ya, yb) if y is not None for r in y.index if r not in bases]
+        if missing:
+            raise ValueError(f"two_stage: runs {missing} have no base in `bases`")
+        labels = sorted({bases[r] for y in (ya, yb) if y is not None for r in y.index}, key=str)
+        base_of = {y.shape: np.array([labels.index(bases[r]) for r in y.index]) for y in (ya, yb) if y is not None}
 
     def variance(resample: str) -> float:
-        """Bootstrap variance of the statistic when only runs, or only items, are resampled."""
+        """Bootstrap variance of the statistic when only runs (or bases, or runs within their bases), or
+        only items, are resampled."""
+        if resample == "bases":  # one draw of bases for both conditions: they finetuned the same bases
+            draw = _counts(rng, n_boot, len(labels))
+            stat = _replicates(ya, draw[:, base_of[ya.shape]], np.ones((n_boot, ya.shape[1])))
+            if yb is not None:
+                stat = stat - _replicates(yb, draw[:, base_of[yb.shape]], np.ones((n_boot, yb.shape[1])))
+            return float(np.nanvar(stat, ddof=1))
+        if resample == "within":
+            def within(y):
+                w = np.zeros((n_boot, y.shape[0]))
+                for b in np.unique(base_of[y.shape]):
+                    rows = np.flatnonzero(base_of[y.shape] == b)
+                    w[:, rows] = _counts(rng, n_boot, len(rows))
+                return w
+            wa = within(ya)
+            stat = _replicates(ya, wa, np.ones((n_boot, ya.shape[1])))
+            if yb is not None:
+                wb = wa if shared_runs else within(yb)
+                stat = stat - _replicates(yb, wb, np.ones((n_boot, yb.shape[1])))
+            return float(np.nanvar(stat, ddof=1))
+
         def w(y, shared=None):
             if resample == "runs":
                 return (shared if shared is not None else _counts(rng, n_boot, y.shape[0])), np.ones((n_boot, y.shape[1]))
@@ -186,8 +223,18 @@ def two_stage(a, b=None, *, paired_items: bool = False, shared_runs: bool = Fals
     df_runs = max(ya.shape[0] - 1, 0) if yb is None or shared_runs else max(ya.shape[0] + yb.shape[0] - 2, 0)
     n_items = ya.shape[1] if yb is None or paired_items else ya.shape[1] + yb.shape[1]
     df_items = (ya.shape[1] - 1) if yb is None or paired_items else (ya.shape[1] + yb.shape[1] - 2)
-    v_runs = variance("runs") * n_runs / max(df_runs, 1) if resample_runs and df_runs > 0 else 0.0
+    base_share = np.nan
+    if bases is not None and resample_runs:
+        n_runs, df_runs = len(labels), len(labels) - 1
+        v_runs = variance("bases") * n_runs / df_runs if df_runs > 0 else 0.0
+    else:
+        v_runs = variance("runs") * n_runs / max(df_runs, 1) if resample_runs and df_runs > 0 else 0.0
     v_items = variance("items") * n_items / max(df_items, 1) if df_items > 0 else 0.0
+    if bases is not None and resample_runs and v_runs + v_items > 0:
+        runs_total = ya.shape[0] + (0 if yb is None or shared_runs else yb.shape[0])
+        inner = runs_total - len(labels)  # degrees of freedom of runs within their bases
+        v_within = variance("within") * runs_total / inner if inner > 0 else 0.0
+        base_share = float(np.clip((v_runs - v_within) / (v_runs + v_items), 0.0, 1.0))
     se = float(np.sqrt(v_runs + v_items))
     terms = [(v, d) for v, d in ((v_runs, df_runs), (v_items, df_items)) if v > 0 and d > 0]
     dof = (v_runs + v_items) ** 2 / sum(v ** 2 / d for v, d in terms) if terms else np.inf
@@ -208,7 +255,8 @@ def two_stage(a, b=None, *, paired_items: bool = False, shared_runs: bool = Fals
     n_seeds = ya.shape[0] if yb is None or shared_runs else min(ya.shape[0], yb.shape[0])
     mean_a = float(np.nanmean(ya.to_numpy()))
     mean_b = float(np.nanmean(yb.to_numpy())) if yb is not None else np.nan
-    return Effect(point, lo, hi, float(ilo), float(ihi), se, int(n_items), int(n_seeds), mean_a, mean_b)
+    return Effect(point, lo, hi, float(ilo), float(ihi), se, int(n_items), int(n_seeds), mean_a, mean_b,
+                  len(labels) if bases is not None else 0, base_share)
 
 
 def runs_by_items(df: pd.DataFrame, value: str, run: str = "seed", item: str | list[str] = "item_id") -> pd.DataFrame:
