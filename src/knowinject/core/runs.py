@@ -158,7 +158,8 @@ def read_jsonl(path: Path) -> pd.DataFrame:
 
 
 def cached_table(root: Path, slug: str, cfg: Any, make: Callable[[], pd.DataFrame], filename: str, *,
-                 seed: int | None = None, profile: str | None = None) -> pd.DataFrame:
+                 seed: int | None = None, profile: str | None = None, verbose: bool = True) -> pd.DataFrame:
     """A run whose product is one table: ``make()`` is called only if the run is not finished."""
-    folder = cached_run(root, slug, cfg, lambda tmp: write_jsonl(make(), tmp / filename), seed=seed, profile=profile)
+    folder = cached_run(root, slug, cfg, lambda tmp: write_jsonl(make(), tmp / filename), seed=seed, profile=profile,
+                        verbose=verbose)
     return read_jsonl(folder / filename)

@@ -1,0 +1,192 @@
+"""Knownness of any fact table, and Study B's curation rule as a command: keep the facts the model knows.
+
+``python -m knowinject.eval.knownness --model M --facts F --out scored.jsonl [--keep known|unknown]``
+scores every fact of ``F`` (any layout :mod:`knowinject.data.facts` reads) with the measure notebook 03
+uses: zero-shot and few-shot greedy exact match, the probability of the gold answer, and the SliCK
+category from ``n_sets`` exemplar sets (exemplars: other subjects of the same relation, in the table's
+own wording). A fact is *known* when greedy decoding answers it with at least one exemplar set
+(HighlyKnown or MaybeKnown). Multiple-choice tables (MMLU) are scored as their benchmark is: a question
+is known when the model puts the highest probability on the correct option's letter.
+
+``--facts geonames`` scores the compendium's own 1,244 GeoNames facts through notebook 03's cached run
+(its questions and exemplars come from the world's templates), so its SliCK counts are notebook 03's.
+
+Facts are scored in chunks, each a cached run keyed by the model, the fact file's hash, the chunk and
+the settings: an interrupted scoring resumes at the chunk it stopped in. A progress bar with an ETA
+counts facts. ``<out>.provenance.json`` records the model's identity (weights' sha256), the fact file's
+hash and the counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from knowinject.core import paths
+from knowinject.core.config import ConfigError
+from knowinject.core.provenance import provenance
+from knowinject.core.runs import cached_table, write_jsonl
+from knowinject.core.seeding import numpy_rng
+
+from knowinject.data import facts as factfiles
+from knowinject.data import render
+
+from knowinject.train import models
+
+from knowinject.eval import evaluate, knownness
+
+CHUNK = 128  # facts per cached piece: what an interruption can cost
+KNOWN = ("HighlyKnown", "MaybeKnown")
+
+
+def world_tables(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(facts, qa) in the shape :func:`knownness.measure` reads, from a QA fact table: each fact's own
+    question is its test prompt, and the same questions of other subjects are the exemplars."""
+    answers = [[a, *al] for a, al in zip(table.answer, table.aliases)]
+    facts = pd.DataFrame({"fact_id": table.fact_id, "subject": table.subject, "relation": table.relation,
+                          "kind": "fact", "value": table.answer, "aliases": answers,
+                          "popularity": table.popularity, "exposure": np.nan})
+    qa = pd.concat([table.assign(template_split=split, prompt=[render.qa_prompt(q) for q in table.question])
+                    [["fact_id", "subject", "relation", "question", "answer", "template_split", "prompt"]]
+                    for split in ("heldout", "train")], ignore_index=True)
+    return facts, qa
+
+
+def mc_prompt(question: str, options: list[str]) -> str:
+    return question + "".join(f"\n{letter}. {o}" for letter, o in zip(factfiles.LETTERS, options)) + "\nAnswer:"
+
+
+def measure_mc(model, tok, chunk: pd.DataFrame, table: pd.DataFrame, cfg: knownness.KnownnessConfig) -> pd.DataFrame:
+    """Multiple choice: ``k_shot`` solved questions of the same subject (others than this one), then the
+    question; the option letters scored; known when the correct letter is the most probable."""
+    rng = numpy_rng(cfg.seed, "knownness-mc-shots")
+    prompts = []
+    for r in chunk.itertuples():
+        pool = table[(table.relation == r.relation) & (table.fact_id != r.fact_id)]
+        shots = pool.iloc[rng.choice(len(pool), min(cfg.k_shot, len(pool)), replace=False)] if cfg.k_shot else pool[:0]
+        prompts.append("".join(mc_prompt(s.question, s.options) + f" {s.answer_letter}\n\n" for s in shots.itertuples())
+                       + mc_prompt(r.question, r.options))
+    items = pd.DataFrame({"prompt": prompts, "options": [list(factfiles.LETTERS)] * len(chunk),
+                          "gold_index": [factfiles.LETTERS.index(a) for a in chunk.answer_letter]})
+    lp = evaluate.option_logprobs(model, tok, prompts, list(items.options), batch_size=cfg.batch_size)
+    out = chunk.copy()
+    out["option_probs"] = [list(np.exp(s - np.logaddexp.reduce(s))) for s in lp]
+    out["gold_prob"] = [p[g] for p, g in zip(out.option_probs, items.gold_index)]
+    out["known"] = [int(np.argmax(s)) == g for s, g in zip(lp, items.gold_index)]
+    out["slick"] = np.where(out.known, "Known", "Unknown")
+    return out
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if f.is_file():
+            h.update(f.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def score(model_name: str, facts_path: str | Path, cfg: knownness.KnownnessConfig, facts_format: str | None = None,
+          progress: bool = True, chunk: int = CHUNK) -> pd.DataFrame:
+    """Every fact of the file, scored; chunks computed only where not cached (the model is loaded only then)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from knowinject.train.finetune import resolve_precision
+
+    table = factfiles.load(facts_path, facts_format)
+    mc = "options" in table
+    precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    ident = models.identity(model_name)
+    base_key = {"model": ident.get("weights_sha256") or ident["model"], "facts": file_hash(Path(facts_path)),
+                "format": facts_format, "chunk": chunk, "knownness": {**asdict(cfg), "precision": precision},
+                "measure": "multiple-choice-v1" if mc else "qa-v1"}
+    loaded = {}
+
+    def model():
+        if not loaded:
+            loaded["m"] = models.load(model_name, dtype=torch.bfloat16 if precision == "bf16" else None)
+        return loaded["m"]
+
+    facts_all, qa_all = (None, None) if mc else world_tables(table)
+    parts = []
+    with tqdm(total=len(table), desc="knownness", unit="fact", disable=not progress) as bar:
+        for start in range(0, len(table), chunk):
+            piece = table.iloc[start:start + chunk]
+
+            def make(piece=piece, start=start):
+                m, tok = model()
+                if mc:
+                    return measure_mc(m, tok, piece, table, cfg)
+                scored = knownness.measure(m, tok, facts_all.iloc[start:start + chunk], qa_all, cfg)
+                return piece.merge(scored.drop(columns=["subject", "relation", "aliases", "popularity"]), on="fact_id")
+
+            parts.append(cached_table(paths.RUNS, "knownness-facts", {**base_key, "start": start}, make,
+                                      "knownness.jsonl", seed=cfg.seed, verbose=False))
+            bar.update(len(piece))
+    out = pd.concat(parts, ignore_index=True)
+    if not mc:
+        out["known"] = out.slick.isin(KNOWN)
+    return out
+
+
+def score_geonames(model_name: str, profile: str = "default") -> pd.DataFrame:
+    """The GeoNames facts through notebook 03's own cached measurement: the profile's world, templates and
+    knownness settings (notebook 03's parameters), so the SliCK counts are notebook 03's."""
+    from knowinject.core.config import build, notebook_params, stage_params
+
+    from knowinject.data import geo, world, worldfiles
+
+    world_cfg = build(world.WorldConfig, stage_params(profile, "world"), "world")
+    w = worldfiles.build(world_cfg, build(geo.RealWorldConfig, stage_params(profile, "realworld"), "realworld"),
+                         profile)
+    cfg, subset = knownness.notebook_settings(notebook_params(profile, "03_knownness"), world_cfg.seed)
+    out = knownness.measure_run(model_name, "realworld", w, cfg, profile, subset=subset)
+    out["known"] = out.slick.isin(KNOWN)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m knowinject.eval.knownness", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="smollm2, a local model folder, or a Hugging Face id")
+    ap.add_argument("--facts", required=True, help="a fact file or folder (see knowinject.data.facts), or 'geonames'")
+    ap.add_argument("--format", default=None, help=f"the layout, where the name does not say: {', '.join(factfiles.FORMATS)}")
+    ap.add_argument("--out", required=True, help="scored facts, JSON Lines")
+    ap.add_argument("--keep", choices=["known", "unknown"], help="write only these facts (Study B's advice: known)")
+    ap.add_argument("--k-shot", type=int, default=3)
+    ap.add_argument("--n-sets", type=int, default=2)
+    ap.add_argument("--n-samples", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        cfg = knownness.KnownnessConfig(k_shot=args.k_shot, n_sets=args.n_sets, n_samples=args.n_samples, seed=args.seed)
+        if args.facts == "geonames":
+            # notebook 03's settings, not the options above: the point is to reproduce its table
+            scored, source = score_geonames(args.model), "geonames (notebook 03's world and settings, profile default)"
+        else:
+            scored, source = score(args.model, args.facts, cfg, args.format), str(Path(args.facts).resolve())
+    except (factfiles.FactTableError, models.ModelNotFound, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    kept = scored if args.keep is None else scored[scored.known == (args.keep == "known")]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    write_jsonl(kept.reset_index(drop=True), tmp)
+    tmp.replace(out)  # whole or not at all
+    counts = scored.slick.value_counts().to_dict()
+    meta = {**provenance(seed=args.seed), "model": models.identity(args.model), "facts": source,
+            "facts_sha256": file_hash(Path(args.facts)) if args.facts != "geonames" else None,
+            "knownness": asdict(cfg), "n_facts": len(scored), "n_known": int(scored.known.sum()),
+            "slick_counts": counts, "kept": args.keep or "all", "n_written": len(kept)}
+    out.with_name(out.stem + ".provenance.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    print(f"{len(scored)} facts scored ({int(scored.known.sum())} known; SliCK {counts}); wrote {len(kept)} "
+          f"to {out}", file=sys.stderr)
+    return 0
