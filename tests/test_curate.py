@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from knowinject.core import paths
+
 from knowinject.train import models
 
 from knowinject.eval import curate

@@ -1,6 +1,6 @@
 """Knownness of any fact table, and Study B's curation rule as a command: keep the facts the model knows.
 
-``python -m knowinject.eval.knownness --model M --facts F --out scored.jsonl [--keep known|unknown]``
+``python -m knowinject.eval.curate --model M --facts F --out scored.jsonl [--keep known|unknown]``
 scores every fact of ``F`` (any layout :mod:`knowinject.data.facts` reads) with the measure notebook 03
 uses: zero-shot and few-shot greedy exact match, the probability of the gold answer, and the SliCK
 category from ``n_sets`` exemplar sets (exemplars: other subjects of the same relation, in the table's
@@ -154,7 +154,7 @@ def score_geonames(model_name: str, profile: str = "default") -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m knowinject.eval.knownness", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m knowinject.eval.curate", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="smollm2, a local model folder, or a Hugging Face id")
     ap.add_argument("--facts", required=True, help="a fact file or folder (see knowinject.data.facts), or 'geonames'")
     ap.add_argument("--format", default=None, help=f"the layout, where the name does not say: {', '.join(factfiles.FORMATS)}")
@@ -190,3 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(scored)} facts scored ({int(scored.known.sum())} known; SliCK {counts}); wrote {len(kept)} "
           f"to {out}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

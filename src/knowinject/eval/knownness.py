@@ -141,9 +141,3 @@ def measure_run(model_name: str, facts_table: str, world, cfg: KnownnessConfig, 
     return cached_table(paths.RUNS, f"knownness-{facts_table}", key, make, "knownness.jsonl", seed=cfg.seed,
                         profile=profile)
 
-
-if __name__ == "__main__":  # the curation tool: python -m knowinject.eval.knownness --model M --facts F --out O
-    import sys
-
-    from knowinject.eval.curate import main
-    sys.exit(main())
