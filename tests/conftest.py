@@ -40,6 +40,9 @@ def small_llama(small_world, folder, seed: int):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """Every notebook, in order, with the smoke profile, writing into a temporary data folder."""
+    reuse = os.environ.get("KNOWINJECT_TEST_SMOKE_RUN")  # a developer's shortcut: a smoke run kept from before
+    if reuse and (Path(reuse) / "data" / "results" / "smoke" / "findings.csv").exists():
+        return Path(reuse)
     tmp = tmp_path_factory.mktemp("smoke")
     env = {**os.environ, "KNOWINJECT_DATA": str(tmp / "data"), "KNOWINJECT_FIGURES": str(tmp / "figures")}
     r = subprocess.run([sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke"], env=env,
@@ -52,11 +55,25 @@ def results_of(tmp: Path) -> Path:
     return tmp / "data" / "results" / "smoke"
 
 
-def fresh_cache(smoke_run: Path, data: Path) -> Path:
-    """A data folder with the smoke run's world and pretrained tiny model, but none of its runs."""
+def is_grid_run(name: str) -> bool:
+    """A run of notebook 05's Study B grids (a base evaluation or a finetuned condition)."""
+    return name.startswith("study-b-") and "-candidates-" not in name
+
+
+def fresh_cache(smoke_run: Path, data: Path, keep_runs: bool = False) -> Path:
+    """A data folder with the smoke run's world and pretrained tiny model and none of its Study B grid runs;
+    with ``keep_runs``, every other run too (knownness, candidates: notebook 05 then reaches its grids in
+    seconds). The ledger starts empty."""
     import shutil
     for sub in ("worlds", "models"):
         shutil.copytree(smoke_run / "data" / sub, data / sub)
+    (data / "runs").mkdir(parents=True, exist_ok=True)
+    if keep_runs:
+        for run in (smoke_run / "data" / "runs").iterdir():
+            if run.is_dir() and not is_grid_run(run.name):
+                shutil.copytree(run, data / "runs" / run.name)
+    for ledger in data.rglob("ledger.jsonl"):
+        ledger.unlink()
     return data
 
 
@@ -74,13 +91,12 @@ def assert_study_b_grid_matches(data: Path, smoke_run: Path, track: str = "tiny"
         assert len(grid) == 1 + len(cfg.seeds) * len(cfg.conditions)  # base + conditions
     other, local = data / "results" / "smoke", results_of(smoke_run)
     for name in ("study_b_accuracy.csv", "study_b_by_level.csv"):
-        a = pd.read_csv(local / name)
-        a = a[a.track == track].reset_index(drop=True)
-        assert pd.read_csv(other / name).to_csv(index=False) == a.to_csv(index=False), name
+        a, b = (pd.read_csv(d / name) for d in (local, other))
+        a, b = (x[x.track == track].reset_index(drop=True) for x in (a, b))
+        assert b.to_csv(index=False) == a.to_csv(index=False), name
     for name in ("study_b_fit.csv", "study_b_mechanism.csv"):
-        a = pd.read_csv(local / name)
-        a = a[a.track == track].reset_index(drop=True)
-        b = pd.read_csv(other / name)
+        a, b = (pd.read_csv(d / name) for d in (local, other))
+        a, b = (x[x.track == track].reset_index(drop=True) for x in (a, b))
         num = [c for c in a.columns if a[c].dtype.kind == "f" and c not in ("seconds", "tokens_per_s")]
         assert b.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore").equals(
             a.drop(columns=num + ["seconds", "tokens_per_s"], errors="ignore")), name

@@ -134,6 +134,7 @@ def test_six_workers_racing_for_a_stale_claim_compute_the_run_once(tmp_path):
     root.mkdir()
     folder = root / runs.run_id("race", {"k": 1})
     _write_claim(folder, _elsewhere(), age=2 * LEASE)
+    (root / (folder.name + ".partial-99999")).mkdir()  # what the dead holder had written: removed on takeover
     counter = tmp_path / "computed"
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_race, args=(root, counter, LEASE)) for _ in range(6)]
@@ -144,4 +145,5 @@ def test_six_workers_racing_for_a_stale_claim_compute_the_run_once(tmp_path):
     assert [p.exitcode for p in procs] == [0] * 6
     assert len(counter.read_text().split()) == 1, "a stale claim was taken over twice"
     assert len(runs.ledger(root)) == 1 and runs.ledger(root).run.iloc[0] == folder.name
-    assert not list(root.glob("*.claim*")) and (folder / "out").read_text() == "done"
+    assert not list(root.glob("*.claim*")) and not list(root.glob("*.partial-*"))
+    assert (folder / "out").read_text() == "done"

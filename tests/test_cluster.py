@@ -23,7 +23,7 @@ import pytest
 
 from knowinject.core import claims, paths, runs
 
-from .conftest import assert_study_b_grid_matches, fresh_cache
+from .conftest import assert_study_b_grid_matches, fresh_cache, is_grid_run
 
 LEASE_S = 10.0  # the claims' lease in this cluster (the default, 120 s, would make the test slow)
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -166,24 +166,23 @@ def test_a_lost_node_costs_its_runs_and_one_lease_and_no_run_is_computed_twice(c
     holds a run. The grid finishes on the head: Ray retries the task, the head takes the dead node's claim
     over once its lease expires, every run is finished exactly once (the ledger), and the tables equal
     the in-process run's."""
-    data = fresh_cache(smoke_run, tmp_path / "data")
+    data = fresh_cache(smoke_run, tmp_path / "data", keep_runs=True)
     env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
            "KNOWINJECT_EXECUTOR": "ray", "RAY_ADDRESS": f"ray://127.0.0.1:{cluster.client}",
            "KNOWINJECT_CLAIM_LEASE_S": str(LEASE_S)}
     code = ("import papermill, sys; papermill.execute_notebook(sys.argv[1], sys.argv[2], parameters={'profile': "
             "'smoke', 'track_names': 'tiny', 'replicate': False}, kernel_name='python3', progress_bar=False, "
             "cwd=sys.argv[3])")
-    log = open(tmp_path / "05.log", "w")
-    nb = subprocess.Popen([sys.executable, "-c", code, str(paths.NOTEBOOKS / "05_study_b.ipynb"),
-                           str(tmp_path / "05.ipynb"), str(paths.NOTEBOOKS)], env=env, stdout=log,
-                          stderr=subprocess.STDOUT)
+    with open(tmp_path / "05.log", "w") as log:
+        nb = subprocess.Popen([sys.executable, "-c", code, str(paths.NOTEBOOKS / "05_study_b.ipynb"),
+                               str(tmp_path / "05.ipynb"), str(paths.NOTEBOOKS)], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
     try:
         held, deadline = None, time.monotonic() + 600
         while held is None and nb.poll() is None and time.monotonic() < deadline:
             held = _worker_claim(data / "runs") if (data / "runs").exists() else None
             time.sleep(0.1)
         assert held is not None, "the worker node never held a run:\n" + (tmp_path / "05.log").read_text()[-3000:]
-        lost_run = held.name.removesuffix(".claim")
         killed_at = time.time()
         cluster.kill("worker")
         assert nb.wait(timeout=600) == 0, (tmp_path / "05.log").read_text()[-3000:]
@@ -194,14 +193,15 @@ def test_a_lost_node_costs_its_runs_and_one_lease_and_no_run_is_computed_twice(c
     ledger = runs.ledger(data / "runs")
     counts = ledger.run.value_counts()
     assert (counts == 1).all(), f"runs computed more than once: {counts[counts > 1].to_dict()}"
-    done = {f.name for f in (data / "runs").iterdir() if runs.is_done(f)}
-    assert set(ledger.run) == done  # every run finished is in the ledger, once
-    lost = ledger[ledger.run == lost_run].iloc[0]
-    assert lost.host == "node-head", "the lost node's run was not finished by the survivor"
-    # The survivor waited for the dead node's claim at most one lease (plus its poll and heartbeat slack).
-    after_kill = lost.time - killed_at
-    print(f"lost node: the survivor waited {lost.waited_s:.1f} s for the dead node's claim; its run finished "
-          f"{after_kill:.1f} s after the kill (lease {LEASE_S:.0f} s)")
-    assert lost.waited_s <= LEASE_S + 2 * claims.POLL_S + 1
+    grid = {f.name for f in (data / "runs").iterdir() if runs.is_done(f) and is_grid_run(f.name)}
+    assert grid and grid <= set(ledger.run)  # every grid run finished is in the ledger, once
+    # The survivor waited for the dead node's claims (it held the runs of its batch) about one lease: not at
+    # once (the claim of another host is judged by its lease) and not longer (plus poll and heartbeat slack).
+    waited = ledger.waited_s.max()
+    finished = ledger.time.max() - killed_at
+    print(f"lost node: the survivor waited {waited:.1f} s for the dead node's claims; the grid finished "
+          f"{finished:.1f} s after the kill (lease {LEASE_S:.0f} s)")
+    assert LEASE_S / 2 <= waited <= LEASE_S + 2 * claims.POLL_S + 1
+    assert set(ledger[ledger.waited_s > 0].host) == {"node-head"}
     assert not list((data / "runs").glob("*.claim")) and not list((data / "runs").glob("*.partial-*"))
     assert_study_b_grid_matches(data, smoke_run)

@@ -30,7 +30,7 @@ def _live(procs):
 
 
 def test_ctrl_c_mid_grid_stops_cleanly_and_a_rerun_resumes(smoke_run, tmp_path):
-    data = fresh_cache(smoke_run, tmp_path / "data")
+    data = fresh_cache(smoke_run, tmp_path / "data", keep_runs=True)
     env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
            "KNOWINJECT_WORKERS": "2", "KNOWINJECT_EXECUTOR": "local"}
     cmd = [sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke", "05"]

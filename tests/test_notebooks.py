@@ -185,7 +185,7 @@ def test_study_b_grid_on_ray_gives_the_in_process_tables(smoke_run, tmp_path):
     attention) to 1e-4, since a task trains with 1 thread where the notebook used every core."""
     import papermill
 
-    data = fresh_cache(smoke_run, tmp_path / "data")
+    data = fresh_cache(smoke_run, tmp_path / "data", keep_runs=True)
     env = {"KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
            "KNOWINJECT_EXECUTOR": "ray", "KNOWINJECT_RAY_CPUS": "2"}
     old = {k: os.environ.get(k) for k in env}

@@ -113,8 +113,11 @@ class Batch:
                 self._claims[i] = c
                 if is_done(self.folders[i]):  # another worker finished it while this one waited for the claim
                     continue
+                # Holding the claim, any other partial copy of this run is a dead worker's (a lost node's):
+                # no live worker writes into a run it does not hold.
+                for stale in self.folders[i].parent.glob(self.folders[i].name + ".partial-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
                 tmp = self.folders[i].with_name(self.folders[i].name + f".partial-{os.getpid()}")
-                shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir()
                 (tmp / "config.json").write_text(canonical_json(self.specs[i].key) + "\n")
                 self._tmp[i] = tmp
