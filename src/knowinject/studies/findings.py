@@ -173,6 +173,10 @@ def row(claim: str, track: str, metric: str, effect: Effect, verdict: Verdict | 
 def combine(claims: pd.DataFrame) -> pd.DataFrame:
     """One row per claim and track: the main design's columns, and the replication's effect,
     interval, size and verdict beside them (NaN where a claim was not replicated)."""
+    # Claims tables written before a verdict could be unmeasurable have no reason and no condition means:
+    # their rows are read as they were judged then (no reason, means not recorded).
+    claims = claims.assign(**{c: claims[c] if c in claims else v for c, v in
+                              (("reason", ""), ("mean_a", math.nan), ("mean_b", math.nan))})
     main = claims[claims.design == "main"].drop(columns="design")
     rep = claims[claims.design == "replication"][["claim", "track", "effect", "ci_low", "ci_high", "n_items",
                                                   "n_seeds", "verdict", "reason", "mean_a", "mean_b"]]
