@@ -67,9 +67,11 @@ def measure_mc(model, tok, chunk: pd.DataFrame, table: pd.DataFrame, cfg: knownn
     """Multiple choice: ``k_shot`` solved questions of the same subject (others than this one), then the
     question; the option letters scored; known when the correct letter is the most probable."""
     rng = numpy_rng(cfg.seed, "knownness-mc-shots")
+    by_relation = dict(tuple(table.groupby("relation")))
     prompts = []
     for r in chunk.itertuples():
-        pool = table[(table.relation == r.relation) & (table.fact_id != r.fact_id)]
+        pool = by_relation[r.relation]
+        pool = pool[pool.fact_id != r.fact_id]
         shots = pool.iloc[rng.choice(len(pool), min(cfg.k_shot, len(pool)), replace=False)] if cfg.k_shot else pool[:0]
         prompts.append("".join(mc_prompt(s.question, s.options) + f" {s.answer_letter}\n\n" for s in shots.itertuples())
                        + mc_prompt(r.question, r.options))
@@ -104,8 +106,8 @@ def score(model_name: str, facts_path: str | Path, cfg: knownness.KnownnessConfi
     table = factfiles.load(facts_path, facts_format)
     mc = "options" in table
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
-    ident = models.identity(model_name)
-    base_key = {"model": ident.get("weights_sha256") or ident["model"], "facts": file_hash(Path(facts_path)),
+    ident, facts_sha = models.identity(model_name), file_hash(Path(facts_path))
+    base_key = {"model": ident.get("weights_sha256") or ident["model"], "facts": facts_sha,
                 "format": facts_format, "chunk": chunk, "knownness": {**asdict(cfg), "precision": precision},
                 "measure": "multiple-choice-v1" if mc else "qa-v1"}
     loaded = {}
@@ -134,6 +136,7 @@ def score(model_name: str, facts_path: str | Path, cfg: knownness.KnownnessConfi
     out = pd.concat(parts, ignore_index=True)
     if not mc:
         out["known"] = out.slick.isin(KNOWN)
+    out.attrs.update(model_identity=ident, facts_sha256=facts_sha)  # for the provenance: hashed once
     return out
 
 
@@ -182,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     write_jsonl(kept.reset_index(drop=True), tmp)
     tmp.replace(out)  # whole or not at all
     counts = scored.slick.value_counts().to_dict()
-    meta = {**provenance(seed=args.seed), "model": models.identity(args.model), "facts": source,
-            "facts_sha256": file_hash(Path(args.facts)) if args.facts != "geonames" else None,
+    meta = {**provenance(seed=args.seed), "model": scored.attrs.get("model_identity") or models.identity(args.model),
+            "facts": source, "facts_sha256": scored.attrs.get("facts_sha256"),
             "knownness": asdict(cfg), "n_facts": len(scored), "n_known": int(scored.known.sum()),
             "slick_counts": counts, "kept": args.keep or "all", "n_written": len(kept)}
     out.with_name(out.stem + ".provenance.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
