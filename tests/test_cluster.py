@@ -26,6 +26,9 @@ from knowinject.core import claims, paths, runs
 from .conftest import assert_study_b_grid_matches, fresh_cache, is_grid_run
 
 LEASE_S = 10.0  # the claims' lease in this cluster (the default, 120 s, would make the test slow)
+# A cluster on localhost for the test: Ray's token authentication off on the nodes and the drivers alike
+# (with it on, a driver needs the head's token; whether ray start turns it on depends on ~/.ray).
+NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -44,8 +47,15 @@ class Cluster:
         self.gcs, self.client = _free_port(), _free_port()
         base = random.Random(os.getpid()).randrange(20000, 29000, 200)  # below the ephemeral port range
         self.nodes: dict[str, subprocess.Popen] = {}
-        common = {**os.environ, "KNOWINJECT_CLAIM_LEASE_S": str(LEASE_S), "RAY_USAGE_STATS_ENABLED": "0"}
+        common = {**os.environ, **NO_AUTH, "KNOWINJECT_CLAIM_LEASE_S": str(LEASE_S), "RAY_USAGE_STATS_ENABLED": "0"}
         common.pop("RAY_ADDRESS", None)
+        try:
+            self._start_nodes(common, base)
+        except BaseException:
+            self.stop()  # a cluster that failed to start leaves no process behind either
+            raise
+
+    def _start_nodes(self, common: dict, base: int) -> None:
         self._start("head", [RAY, "start", "--head", f"--port={self.gcs}", f"--ray-client-server-port={self.client}",
                              f"--temp-dir={self.tmp}", "--num-cpus=1", "--include-dashboard=false",
                              f"--dashboard-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
@@ -67,7 +77,8 @@ class Cluster:
                 "print(json.dumps(sum(1 for x in ray.nodes() if x['Alive'])))")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, **NO_AUTH})
             if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(n)]:
                 return
             time.sleep(1)
@@ -101,7 +112,7 @@ class Cluster:
         self.nodes[name].wait(10)
 
     def stop(self) -> None:
-        for name in ("worker", "head"):
+        for name in [n for n in ("worker", "head") if n in self.nodes]:
             if self.nodes[name].poll() is None or self.tree(name):
                 self.kill(name, signal.SIGTERM)
 
@@ -139,7 +150,7 @@ print(json.dumps(executor.map_tasks(where, range(4), progress=False)))
 
 
 def _map(address: str) -> list:
-    env = {**os.environ, "RAY_ADDRESS": address, "KNOWINJECT_EXECUTOR": "ray"}
+    env = {**os.environ, **NO_AUTH, "RAY_ADDRESS": address, "KNOWINJECT_EXECUTOR": "ray"}
     r = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -167,7 +178,7 @@ def test_a_lost_node_costs_its_runs_and_one_lease_and_no_run_is_computed_twice(c
     over once its lease expires, every run is finished exactly once (the ledger), and the tables equal
     the in-process run's."""
     data = fresh_cache(smoke_run, tmp_path / "data", keep_runs=True)
-    env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
+    env = {**os.environ, **NO_AUTH, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
            "KNOWINJECT_EXECUTOR": "ray", "RAY_ADDRESS": f"ray://127.0.0.1:{cluster.client}",
            "KNOWINJECT_CLAIM_LEASE_S": str(LEASE_S)}
     code = ("import papermill, sys; papermill.execute_notebook(sys.argv[1], sys.argv[2], parameters={'profile': "
