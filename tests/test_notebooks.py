@@ -17,7 +17,7 @@ from knowinject.core import paths
 
 from knowinject.studies import findings
 
-from knowinject import pipeline
+from knowinject import compare, pipeline
 
 from .conftest import assert_study_b_grid_matches, fresh_cache, results_of
 
@@ -143,11 +143,48 @@ def test_smoke_06_figures_and_findings(smoke_run):
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
     assert list(table.columns) == findings.COLUMNS
     assert len(table) == 5 * 2 + 3 * 3 and table.replication_verdict.notna().all() and table.mde.notna().sum() >= 17
+    plan = pd.read_csv(_results(smoke_run) / "power.csv")
+    assert list(plan[["claim", "track"]].itertuples(index=False)) == list(table[["claim", "track"]].itertuples(index=False))
+    assert plan.seed_share.dropna().between(0, 1).all() and (plan.paper_effect > 0).all()
+    assert (plan.seeds_needed.dropna() >= plan.n_seeds[plan.seeds_needed.notna()]).all()
     figures = smoke_run / "figures" / "smoke"
     for name in ("world_exposure", "tiny_pretrain_loss", "smollm2_slick_by_popularity", "study_a_A1_formats",
                  "study_a_A5_persona_and_style", "study_b_B1_B2_accuracy_by_condition",
                  "study_b_B1_by_popularity_level", "study_b_B3_attention_and_generic_answers", "study_b_theory_model"):
         assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists(), name
+
+
+def test_smoke_claims_agree_with_the_committed_reference(smoke_run):
+    """The smoke claims against the reference committed under tests/reference/smoke/ (made by `make
+    smoke-reference`): no verdict flipped between reproduced and not reproduced, no effect further than
+    compare.DRIFT_FACTOR times the reference's half-width. On the reference's machine the run is the same
+    bytes; on another CPU this is where an instrument that moved shows up, in CI rather than in a reader's
+    hands."""
+    reference = paths.ROOT / "tests" / "reference" / "smoke"
+    made = json.loads((reference / "findings.provenance.json").read_text())
+    problems = compare.drift(pd.read_csv(reference / "findings.csv"), pd.read_csv(_results(smoke_run) / "findings.csv"))
+    cpu = (made.get("cpu") or {}).get("model", "unknown CPU")
+    assert not problems, (f"the smoke claims moved from the reference (made on {cpu}, commit "
+                          f"{made.get('git_commit', '?')[:10]}): " + "; ".join(problems) + ". If the change is "
+                          "intended, regenerate the reference with `make smoke-reference` and say why in the commit")
+
+
+def test_curation_command_reproduces_notebook_03s_slick_counts(smoke_run, tmp_path):
+    """`python -m knowinject.eval.curate --facts geonames` scores the GeoNames facts with notebook 03's
+    settings: the same SliCK category for every fact as notebook 03's table (a setting read differently
+    would key another run and score afresh)."""
+    env = {**os.environ, "KNOWINJECT_DATA": str(smoke_run / "data")}
+    out = tmp_path / "geonames.jsonl"
+    r = subprocess.run([sys.executable, "-m", "knowinject.eval.curate", "--model", "smollm2", "--facts", "geonames",
+                        "--profile", "smoke", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    scored = pd.read_json(out, lines=True)
+    slick = pd.read_csv(_results(smoke_run) / "smollm2_slick.csv")
+    both = slick.merge(scored[["fact_id", "slick"]], on="fact_id", suffixes=("", "_curate"))
+    assert len(both) == len(slick) == len(scored) and (both.slick == both.slick_curate).all()
+    meta = json.loads((tmp_path / "geonames.provenance.json").read_text())
+    assert meta["slick_counts"] == slick.slick.value_counts().to_dict()
+    assert meta["knownness"]["n_samples"] == 1  # notebook 03's smoke setting, not the command's default (2)
 
 
 def test_figures_notebook_runs_from_committed_results_alone(tmp_path):
@@ -174,7 +211,8 @@ def test_figures_notebook_runs_from_committed_results_alone(tmp_path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    assert (data / "results" / "findings.csv").read_text() == (committed / "findings.csv").read_text()
+    for name in ("findings.csv", "power.csv"):
+        assert (data / "results" / name).read_text() == (committed / name).read_text(), name
     made = {p.name for p in (tmp_path / "figures").glob("*.png")}
     assert made == {p.name for p in (paths.ROOT / "figures").glob("*.png")}
 

@@ -50,7 +50,10 @@ def committed(path: Path, ref: str) -> str | None:
         rel = path.resolve().relative_to(paths.ROOT)
     except ValueError:  # KNOWINJECT_DATA outside the repository: the same relative layout in the repo
         rel = Path("data") / path.resolve().relative_to(paths.DATA)
-    r = subprocess.run(["git", "show", f"{ref}:{rel.as_posix()}"], cwd=paths.ROOT, capture_output=True, text=True)
+    try:
+        r = subprocess.run(["git", "show", f"{ref}:{rel.as_posix()}"], cwd=paths.ROOT, capture_output=True, text=True)
+    except OSError:  # no git (a Binder image without it): nothing committed to compare against
+        return None
     return r.stdout if r.returncode == 0 else None
 
 
@@ -84,6 +87,38 @@ def claims(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
                          "same verdict": v_old == v_new, "new effect in committed interval": inside,
                          "flipped": (v_old, v_new) in FLIPS})
     return pd.DataFrame(rows)
+
+
+# How far a claim's effect may move from a reference run before the smoke test calls it drift: three
+# times the reference's two-stage half-width. A run of the same design on another instrument draw differs
+# from the reference by about sqrt(2) standard errors, and the half-width is about 2 of them (more with
+# few seeds), so an honest redraw exceeds this about once in 10^4 rows; a change of what the design
+# computes, or an instrument far from the reference, does not stay inside it.
+DRIFT_FACTOR = 3.0
+
+
+def drift(reference: pd.DataFrame, new: pd.DataFrame, factor: float = DRIFT_FACTOR) -> list[str]:
+    """What moved too far between two claims tables (findings.csv): rows missing on either side, verdicts
+    that flipped between reproduced and not reproduced, effects further from the reference than
+    ``factor`` times its two-stage half-width. Empty when the run agrees with the reference."""
+    problems = []
+    merged = reference.merge(new, on=["claim", "track"], how="outer", suffixes=("_ref", "_new"), indicator="side")
+    for r in merged.itertuples():
+        if r.side != "both":
+            problems.append(f"{r.claim} {r.track}: only in the {'reference' if r.side == 'left_only' else 'new run'}")
+            continue
+        for design, pre in (("main", ""), ("replication", "replication_")):
+            v_ref, v_new = getattr(r, f"{pre}verdict_ref"), getattr(r, f"{pre}verdict_new")
+            if (v_ref, v_new) in FLIPS:
+                problems.append(f"{r.claim} {r.track} {design}: verdict {v_ref} -> {v_new}")
+            e_ref, e_new = getattr(r, f"{pre}effect_ref"), getattr(r, f"{pre}effect_new")
+            half = (getattr(r, f"{pre}ci_high_ref") - getattr(r, f"{pre}ci_low_ref")) / 2
+            if np.isnan(e_ref) != np.isnan(e_new):
+                problems.append(f"{r.claim} {r.track} {design}: effect {e_ref:+.3f} -> {e_new:+.3f}")
+            elif not np.isnan(e_ref) and abs(e_new - e_ref) > factor * half + 1e-9:
+                problems.append(f"{r.claim} {r.track} {design}: effect {e_ref:+.3f} -> {e_new:+.3f}, moved "
+                                f"{abs(e_new - e_ref):.3f} > {factor:g} x the reference half-width {half:.3f}")
+    return problems
 
 
 def deviation(old: pd.DataFrame, new: pd.DataFrame) -> dict:

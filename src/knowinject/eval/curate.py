@@ -153,6 +153,7 @@ def score_geonames(model_name: str, profile: str = "default") -> pd.DataFrame:
     cfg, subset = knownness.notebook_settings(notebook_params(profile, "03_knownness"), world_cfg.seed)
     out = knownness.measure_run(model_name, "realworld", w, cfg, profile, subset=subset)
     out["known"] = out.slick.isin(KNOWN)
+    out.attrs["knownness"] = asdict(cfg)  # the settings it was scored with (the provenance's), not the CLI's
     return out
 
 
@@ -167,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-sets", type=int, default=2)
     ap.add_argument("--n-samples", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", default="default", help="with --facts geonames: whose notebook 03 to reproduce")
     args = ap.parse_args(argv)
     try:
         cfg = knownness.KnownnessConfig(k_shot=args.k_shot, n_sets=args.n_sets, n_samples=args.n_samples, seed=args.seed)
         if args.facts == "geonames":
             # notebook 03's settings, not the options above: the point is to reproduce its table
-            scored, source = score_geonames(args.model), "geonames (notebook 03's world and settings, profile default)"
+            scored = score_geonames(args.model, args.profile)
+            source = f"geonames (notebook 03's world and settings, profile {args.profile})"
         else:
             scored, source = score(args.model, args.facts, cfg, args.format), str(Path(args.facts).resolve())
     except (factfiles.FactTableError, models.ModelNotFound, ConfigError) as e:
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = scored.slick.value_counts().to_dict()
     meta = {**provenance(seed=args.seed), "model": scored.attrs.get("model_identity") or models.identity(args.model),
             "facts": source, "facts_sha256": scored.attrs.get("facts_sha256"),
-            "knownness": asdict(cfg), "n_facts": len(scored), "n_known": int(scored.known.sum()),
+            "knownness": scored.attrs.get("knownness") or asdict(cfg), "n_facts": len(scored), "n_known": int(scored.known.sum()),
             "slick_counts": counts, "kept": args.keep or "all", "n_written": len(kept)}
     out.with_name(out.stem + ".provenance.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print(f"{len(scored)} facts scored ({int(scored.known.sum())} known; SliCK {counts}); wrote {len(kept)} "

@@ -236,11 +236,16 @@ def write(table: pd.DataFrame, profile: str, model_slug: str | None = None) -> p
 
 def readme_section(table: pd.DataFrame, start: str, end: str, readme_text: str) -> str:
     """``readme_text`` with the part between the ``start`` and ``end`` marker lines replaced by the table."""
-    if start not in readme_text or end not in readme_text:
-        raise ValueError(f"README lacks the markers {start!r} / {end!r} around the findings table")
-    head, rest = readme_text.split(start, 1)
+    return replace_section(readme_text, start, end, markdown(table))
+
+
+def replace_section(text: str, start: str, end: str, body: str) -> str:
+    """``text`` with the part between the ``start`` and ``end`` marker lines replaced by ``body``."""
+    if start not in text or end not in text:
+        raise ValueError(f"README lacks the markers {start!r} / {end!r} around the table notebook 06 writes there")
+    head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{markdown(table)}{end}{tail}"
+    return f"{head}{start}\n{body}{end}{tail}"
 
 
 def report(table: pd.DataFrame) -> str:

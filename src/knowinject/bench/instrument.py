@@ -1,0 +1,100 @@
+"""How much the controlled instrument moves with its pretraining draw: the default recipe pretrained from
+several seeds, and one seed in fp32 against bf16 (``make instrument``; not part of ``make reproduce``).
+
+The tiny track's claims are about a model pretrained with this recipe, not about one model, so a recipe
+whose storage curve moves a lot between seeds (or between bf16 arithmetics: AMX and AVX-512 CPUs round
+differently, and fp32 against bf16 stands in for that inside one machine) makes every tiny verdict a
+property of the draw. Each model is notebook 02's cached pretraining with one setting changed, so
+seed 0 in bf16 is notebook 02's own model, and the other seeds are the bases a K-base design reuses.
+
+For each model: held-out-template accuracy (the measure on which two CPUs differed most) and
+training-template knownness by exposure bucket, people whose QA was never in pretraining, with notebook
+02's checks. Writes ``data/results/tiny_instrument.csv`` and prints the spread at 31-100 mentions
+against the +/-5 point tolerance the instrument is held to.
+
+Usage: ``python -m knowinject.bench.instrument [--seeds 0 1 2] [--no-fp32] [--profile default]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pandas as pd
+
+from knowinject.core import paths
+from knowinject.core.config import build, stage_params
+from knowinject.core.provenance import save_table
+
+from knowinject.data import geo, world, worldfiles
+
+from knowinject.train import pretrain
+
+from knowinject.eval import storage
+
+TOLERANCE = 0.05   # held-out storage at 31-100 mentions may move this much either way between draws
+BUCKET = "31-100"
+
+
+def measure(profile: str, seed: int, precision: str) -> pd.DataFrame:
+    """One pretraining of the profile's recipe (``seed``, ``precision``): storage by bucket, both measures."""
+    wcfg = build(world.WorldConfig, stage_params(profile, "world"), "world")
+    rcfg = build(geo.RealWorldConfig, stage_params(profile, "realworld"), "realworld")
+    pcfg = build(pretrain.PretrainConfig, {**stage_params(profile, "pretrain"), "seed": seed, "precision": precision},
+                 "pretrain")
+    w = worldfiles.build(wcfg, rcfg, profile)
+    folder = pretrain.pretrain_base(w, pcfg, profile)
+    summary = json.loads((folder / "train_summary.json").read_text())
+    scored = storage.stored_knowledge_run(folder, w, wcfg.qa_fraction, wcfg.seed, profile)
+    _, checks = storage.storage_curve(scored)
+    people = scored[~scored.qa_in_pretraining].assign(bucket=world.exposure_buckets(scored.exposure).astype(str))
+    rows = []
+    for split, measure_name in (("heldout", "held-out templates"), ("train", "training templates")):
+        by = people[people.template_split == split].groupby("bucket").em.agg(["mean", "count"])
+        for bucket, r in by.reindex([b for b in world.EXPOSURE_LABELS if b in by.index]).iterrows():
+            rows.append({"seed": seed, "precision": summary.get("precision", precision), "model": folder.name,
+                         "measure": measure_name, "bucket": bucket, "mean": r["mean"], "n": int(r["count"]),
+                         "final_loss": summary["final_loss"], "seconds": summary["seconds"],
+                         "checks_pass": all(v for k, v in checks.items() if k != "buckets")})
+    return pd.DataFrame(rows)
+
+
+def spread(table: pd.DataFrame, bucket: str = BUCKET) -> dict:
+    """Held-out storage at ``bucket`` per model, and its largest distance from the recipe's seed-0 bf16 model."""
+    held = table[table.measure == "held-out templates"]
+    if bucket not in set(held.bucket):  # a smaller world (the smoke profile) stops below it: its top bucket
+        bucket = [b for b in world.EXPOSURE_LABELS if b in set(held.bucket)][-1]
+    held = held[held.bucket == bucket]
+    at = {f"seed {r.seed} {r.precision}": float(r.mean) for r in held.itertuples()}
+    ref = held[(held.seed == held.seed.min()) & (held.precision != "fp32")]["mean"]
+    ref = float(ref.iloc[0]) if len(ref) else float(held["mean"].iloc[0])
+    worst = float((held["mean"] - ref).abs().max()) if len(held) else float("nan")
+    return {"bucket": bucket, "storage": at, "largest move": worst, "within tolerance": bool(worst <= TOLERANCE),
+            "range over seeds": float(held[held.precision != "fp32"]["mean"].agg(lambda s: s.max() - s.min()))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m knowinject.bench.instrument", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 pretraining of the first seed")
+    args = ap.parse_args(argv)
+    draws = [(s, "auto") for s in args.seeds] + ([] if args.no_fp32 else [(args.seeds[0], "fp32")])
+    parts = []
+    for seed, precision in draws:
+        print(f"== seed {seed}, precision {precision}", flush=True)
+        parts.append(measure(args.profile, seed, precision))
+    table = pd.concat(parts, ignore_index=True)
+    view = table.pivot_table(index=["measure", "seed", "precision"], columns="bucket", values="mean", sort=False)
+    print(view.reindex(columns=[b for b in world.EXPOSURE_LABELS if b in view.columns]).round(3).to_string())
+    s = spread(table)
+    print(f"held-out storage at {s['bucket']} mentions: {s['storage']}; largest move from seed {args.seeds[0]} bf16 "
+          f"{s['largest move']:.3f} ({'within' if s['within tolerance'] else 'outside'} +/-{TOLERANCE})")
+    print(save_table(table, paths.results_dir(args.profile) / "tiny_instrument.csv", profile=args.profile,
+                     draws=[{"seed": d[0], "precision": d[1]} for d in draws], spread=s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
