@@ -27,6 +27,8 @@ import pandas as pd
 from knowinject.core import paths
 
 TIMING = ("seconds", "tokens_per_s", "train_seconds", "wall_s", "s_per_step", "runs_per_hour", "finished_utc")
+OUTCOMES = ("verdict", "reason", "replication_verdict", "replication_reason", "prediction", "predicted", "response",
+            "slick", "identified")
 FLIPS = {("reproduced", "not reproduced"), ("not reproduced", "reproduced")}
 
 
@@ -126,9 +128,14 @@ def deviation(old: pd.DataFrame, new: pd.DataFrame) -> dict:
     non-numeric columns where those identify them, else by position."""
     num = [c for c in old.columns if c in new.columns and c not in TIMING and old[c].dtype.kind in "fiub"
            and new[c].dtype.kind in "fiub"]
-    keys = [c for c in old.columns if c in new.columns and c not in num and c not in TIMING]
+    # Rows are identified by their labels, not by their outcomes (a verdict that changed is a row that
+    # moved, not a new row), and a label column one run lacks (all empty there) identifies nothing.
+    keys = [c for c in old.columns if c in new.columns and c not in num and c not in TIMING and c not in OUTCOMES
+            and old[c].notna().any() and new[c].notna().any()]
     if keys and not old.duplicated(keys).any() and not new.duplicated(keys).any():
-        both = old[keys + num].merge(new[keys + num], on=keys, how="inner", suffixes=("_old", "_new"))
+        label = {c: str for c in keys}  # one dtype on both sides (a CSV column reads as float where it is empty)
+        both = old[keys + num].astype(label).merge(new[keys + num].astype(label), on=keys, how="inner",
+                                                   suffixes=("_old", "_new"))
     else:
         n = min(len(old), len(new))
         both = pd.concat([old[num].iloc[:n].add_suffix("_old").reset_index(drop=True),
