@@ -84,6 +84,12 @@ def test_smoke_02_pretrain(smoke_run):
     assert {"monotone over the exposure buckets", "at most 20% at 1 mention"} <= set(s["checks"])
     assert (smoke_run / "figures" / "smoke" / "tiny_knownness_by_exposure.png").exists()
     assert list((smoke_run / "data" / "models").glob("tiny-*/model/model.safetensors"))
+    # the recipe from each base seed (smoke: 0 and 1), both measures, and their spread against the tolerance
+    bases = pd.read_csv(_results(smoke_run) / "tiny_bases.csv")
+    assert sorted(bases.seed.unique()) == [0, 1] and set(bases.measure) == {"held-out templates", "training templates"}
+    assert bases["mean"].between(0, 1).all() and bases.model.nunique() == 2
+    assert s["bases"]["seeds"] == [0, 1] and set(s["bases"]["curves"]) == {"0", "1"}
+    assert s["bases"]["spread"]["largest move"] >= 0 and isinstance(s["bases"]["spread"]["within tolerance"], bool)
 
 
 def test_smoke_03_knownness(smoke_run):
@@ -148,8 +154,8 @@ def test_smoke_06_figures_and_findings(smoke_run):
     assert plan.seed_share.dropna().between(0, 1).all() and (plan.paper_effect > 0).all()
     assert (plan.seeds_needed.dropna() >= plan.n_seeds[plan.seeds_needed.notna()]).all()
     figures = smoke_run / "figures" / "smoke"
-    for name in ("world_exposure", "tiny_pretrain_loss", "smollm2_slick_by_popularity", "study_a_A1_formats",
-                 "study_a_A5_persona_and_style", "study_b_B1_B2_accuracy_by_condition",
+    for name in ("world_exposure", "tiny_pretrain_loss", "tiny_storage_by_base", "smollm2_slick_by_popularity",
+                 "study_a_A1_formats", "study_a_A5_persona_and_style", "study_b_B1_B2_accuracy_by_condition",
                  "study_b_B1_by_popularity_level", "study_b_B3_attention_and_generic_answers", "study_b_theory_model"):
         assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists(), name
 

@@ -393,3 +393,18 @@ def test_theory_claims_have_every_column_and_two_seeds():
     assert set(claims.verdict) <= set(findings.VERDICTS)
     summary = theory.summarize(rows)
     assert set(summary.metric) == set(theory.METRICS) and set(summary.test_bucket) == {"all", "known", "unknown"}
+
+
+def test_no_committed_claim_reads_a_ceiling_floor_or_zero_width_interval_as_evidence():
+    """Issue #26 on the committed table: a row whose interval has zero width, or whose two conditions both sit
+    within MEASURE_MARGIN of 100% or of 0%, carries neither reproduced nor not reproduced."""
+    table = pd.read_csv(paths.ROOT / "data" / "results" / "findings.csv")
+    m = findings.MEASURE_MARGIN
+    for r in table.itertuples():
+        for pre in ("", "replication_"):
+            lo, hi, verdict = getattr(r, pre + "ci_low"), getattr(r, pre + "ci_high"), getattr(r, pre + "verdict")
+            a, b = getattr(r, pre + "mean_a"), getattr(r, pre + "mean_b")
+            degenerate = lo == hi or (not pd.isna(b) and ((min(a, b) >= 1 - m) or (max(a, b) <= m)))
+            assert not (degenerate and verdict in ("reproduced", "not reproduced")), (r.claim, r.track, pre)
+            if degenerate:
+                assert verdict == "unmeasurable" or r.claim in ("A4", "B3"), (r.claim, r.track, pre, verdict)

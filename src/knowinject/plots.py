@@ -114,6 +114,28 @@ def knownness_by_exposure(summary: pd.DataFrame):
     return fig
 
 
+def storage_by_base(curves: pd.DataFrame):
+    """The tiny model's storage curve from each pretraining draw (``storage.curves_by_bucket`` rows with
+    ``seed`` and ``precision``): held-out templates and training templates, one line per model. How far
+    the lines lie apart is how much a tiny-track result can owe to the draw of its base model."""
+    measures = list(dict.fromkeys(curves.measure))
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.6), sharey=True, squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        g = curves[curves.measure == measure]
+        for i, ((seed, precision), line) in enumerate(g.groupby(["seed", "precision"], sort=True)):
+            line = line.set_index("bucket").reindex(EXPOSURE_LABELS).dropna(subset=["mean"])
+            ax.plot([EXPOSURE_LABELS.index(b) for b in line.index], line["mean"], marker="o",
+                    linestyle="--" if precision == "fp32" else "-", color=PALETTE[i % len(PALETTE)],
+                    label=f"seed {seed}, {precision}")
+        ax.set_xticks(range(len(EXPOSURE_LABELS)), EXPOSURE_LABELS)
+        ax.set(xlabel="mentions in the pretraining corpus", title=measure, ylim=(-0.02, 1.02))
+    axes[0][0].set_ylabel("exact match (people whose QA it never saw)")
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    fig.suptitle("The tiny model from each pretraining draw", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def accuracy_by_popularity(summary: pd.DataFrame, title: str):
     """Accuracy of a base model by popularity quantile, one panel per relation, zero- and few-shot,
     with 95% bootstrap intervals (``summary`` from ``stats.by_group``)."""

@@ -33,8 +33,7 @@ from knowinject.train import pretrain
 
 from knowinject.eval import storage
 
-TOLERANCE = 0.05   # held-out storage at 31-100 mentions may move this much either way between draws
-BUCKET = "31-100"
+TOLERANCE = storage.TOLERANCE
 
 
 def measure(profile: str, seed: int, precision: str) -> pd.DataFrame:
@@ -48,30 +47,13 @@ def measure(profile: str, seed: int, precision: str) -> pd.DataFrame:
     summary = json.loads((folder / "train_summary.json").read_text())
     scored = storage.stored_knowledge_run(folder, w, wcfg.qa_fraction, wcfg.seed, profile)
     _, checks = storage.storage_curve(scored)
-    people = scored[~scored.qa_in_pretraining].assign(bucket=world.exposure_buckets(scored.exposure).astype(str))
-    rows = []
-    for split, measure_name in (("heldout", "held-out templates"), ("train", "training templates")):
-        by = people[people.template_split == split].groupby("bucket").em.agg(["mean", "count"])
-        for bucket, r in by.reindex([b for b in world.EXPOSURE_LABELS if b in by.index]).iterrows():
-            rows.append({"seed": seed, "precision": summary.get("precision", precision), "model": folder.name,
-                         "measure": measure_name, "bucket": bucket, "mean": r["mean"], "n": int(r["count"]),
-                         "final_loss": summary["final_loss"], "seconds": summary["seconds"],
-                         "checks_pass": all(v for k, v in checks.items() if k != "buckets")})
-    return pd.DataFrame(rows)
+    return storage.curves_by_bucket(scored).assign(
+        seed=seed, precision=summary.get("precision", precision), model=folder.name,
+        final_loss=summary["final_loss"], seconds=summary["seconds"],
+        checks_pass=all(v for k, v in checks.items() if k != "buckets"))
 
 
-def spread(table: pd.DataFrame, bucket: str = BUCKET) -> dict:
-    """Held-out storage at ``bucket`` per model, and its largest distance from the recipe's seed-0 bf16 model."""
-    held = table[table.measure == "held-out templates"]
-    if bucket not in set(held.bucket):  # a smaller world (the smoke profile) stops below it: its top bucket
-        bucket = [b for b in world.EXPOSURE_LABELS if b in set(held.bucket)][-1]
-    held = held[held.bucket == bucket]
-    at = {f"seed {r.seed} {r.precision}": float(r.mean) for r in held.itertuples()}
-    ref = held[(held.seed == held.seed.min()) & (held.precision != "fp32")]["mean"]
-    ref = float(ref.iloc[0]) if len(ref) else float(held["mean"].iloc[0])
-    worst = float((held["mean"] - ref).abs().max()) if len(held) else float("nan")
-    return {"bucket": bucket, "storage": at, "largest move": worst, "within tolerance": bool(worst <= TOLERANCE),
-            "range over seeds": float(held[held.precision != "fp32"]["mean"].agg(lambda s: s.max() - s.min()))}
+spread = storage.spread
 
 
 def main(argv: list[str] | None = None) -> int:

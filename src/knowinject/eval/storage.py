@@ -69,3 +69,44 @@ def storage_curve(scored: pd.DataFrame) -> tuple[pd.Series, dict]:
         "at least 85% in every bucket above 30 mentions": bool(len(above_30) and (above_30 >= 0.85).all()),
     }
     return by_bucket, checks
+
+
+# Held-out storage at 31-100 mentions may move this much either way between pretraining draws (seeds, or
+# bf16 against fp32 arithmetic): the instrument's tolerance (issue #25). Two CPUs' models once differed
+# by 23 points there, and the tiny claims' effects are 5-10 points.
+TOLERANCE = 0.05
+TOLERANCE_BUCKET = "31-100"
+MEASURES = {"heldout": "held-out templates", "train": "training templates"}
+
+
+def curves_by_bucket(scored: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy by exposure bucket about people whose QA was never in pretraining, one row per measure
+    (held-out templates, the measure on which two CPUs' models differed most; training templates,
+    the knownness Study B splits by) and bucket: ``measure, bucket, mean, n``."""
+    people = scored[~scored.qa_in_pretraining]
+    people = people.assign(bucket=exposure_buckets(people.exposure).astype(str))
+    rows = []
+    for split, name in MEASURES.items():
+        by = people[people.template_split == split].groupby("bucket").em.agg(["mean", "count"])
+        for bucket in [b for b in EXPOSURE_LABELS if b in by.index]:
+            rows.append({"measure": name, "bucket": bucket, "mean": float(by.loc[bucket, "mean"]),
+                         "n": int(by.loc[bucket, "count"])})
+    return pd.DataFrame(rows)
+
+
+def spread(table: pd.DataFrame, bucket: str = TOLERANCE_BUCKET) -> dict:
+    """Held-out storage at ``bucket`` for every model of ``table`` (rows of :func:`curves_by_bucket` with
+    ``seed`` and ``precision``), its largest distance from the first seed's bf16 (or only) model, the range
+    over the seeds, and whether every model lies within :data:`TOLERANCE`. A world too small to reach
+    ``bucket`` (the smoke profile) is read at its top bucket."""
+    held = table[table.measure == MEASURES["heldout"]]
+    if bucket not in set(held.bucket):
+        bucket = [b for b in EXPOSURE_LABELS if b in set(held.bucket)][-1]
+    held = held[held.bucket == bucket]
+    at = {f"seed {r.seed} {r.precision}": float(r.mean) for r in held.itertuples()}
+    first = held[(held.seed == held.seed.min()) & (held.precision != "fp32")]["mean"]
+    ref = float(first.iloc[0]) if len(first) else float(held["mean"].iloc[0])
+    worst = float((held["mean"] - ref).abs().max())
+    seeds = held[held.precision != "fp32"]["mean"]
+    return {"bucket": bucket, "storage": at, "largest move": worst, "within tolerance": bool(worst <= TOLERANCE + 1e-12),
+            "range over seeds": float(seeds.max() - seeds.min()) if len(seeds) else float("nan")}

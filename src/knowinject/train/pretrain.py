@@ -62,6 +62,18 @@ class PretrainConfig:
         return models.TinyModelConfig(self.n_layer, self.n_embd, self.n_head, self.n_positions, self.seed)
 
 
+@dataclass(frozen=True)
+class BasesConfig:
+    """The tiny track's pretrained bases: the recipe (``PretrainConfig``) pretrained from each of these
+    seeds on the main world. The tiny claims are about a model pretrained with the recipe, so the design
+    samples that model; the first seed is the pretraining stage's own (notebook 02's main model)."""
+    seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        require(len(self.seeds) >= 1, "BasesConfig.seeds must list at least one pretraining seed")
+        require(len(set(self.seeds)) == len(self.seeds), f"BasesConfig.seeds has a seed twice: {self.seeds}")
+
+
 # --- packing --------------------------------------------------------------------------------------------
 
 def pack(docs: list[list[int]], length: int, order) -> list[list[list[int]]]:
