@@ -94,7 +94,7 @@ def claims(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 # How far a claim's effect may move from a reference run before the smoke test calls it drift: three
 # times the reference's two-stage half-width. A run of the same design on another instrument draw differs
 # from the reference by about sqrt(2) standard errors, and the half-width is about 2 of them (more with
-# few seeds), so an honest redraw exceeds this about once in 10^4 rows; a change of what the design
+# few seeds), so an honest redraw (seeds and items) exceeds this less than once in 10^4 rows (4.2 sd); a change of what the design
 # computes, or an instrument far from the reference, does not stay inside it.
 DRIFT_FACTOR = 3.0
 
