@@ -65,7 +65,9 @@ class Cluster:
         self._start("worker", [RAY, "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1",
                                f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
                                f"--min-worker-port={base + 100}", f"--max-worker-port={base + 199}", "--block"],
-                    {**common, "KNOWINJECT_HOST": "node-worker"})
+                    # the worker holds each batch's claims a minute before computing: the lost-node test
+                    # kills it while it holds them (otherwise a one-second smoke run can finish first)
+                    {**common, "KNOWINJECT_HOST": "node-worker", "KNOWINJECT_FAULT_HOLD_S": "60"})
         self._wait_nodes(2)
 
     def _start(self, name, cmd, env):

@@ -125,6 +125,12 @@ class Batch:
             self.__exit__(None, None, None)
             raise
         self.todo = sorted(self._tmp)
+        # Fault injection for the lost-node test (tests/test_cluster.py): a node started with this variable
+        # holds its claimed runs that many seconds before computing them, so that it can be killed while it
+        # holds them (a smoke run takes about a second: without the hold, the kill could land after it).
+        hold = float(os.environ.get("KNOWINJECT_FAULT_HOLD_S") or 0)
+        if hold > 0 and self.todo:
+            time.sleep(hold)
         return self
 
     def tmp(self, i: int) -> Path:
