@@ -33,8 +33,6 @@ from knowinject.train import pretrain
 
 from knowinject.eval import storage
 
-TOLERANCE = storage.TOLERANCE
-
 
 def measure(profile: str, seed: int, precision: str) -> pd.DataFrame:
     """One pretraining of the profile's recipe (``seed``, ``precision``): storage by bucket, both measures."""
@@ -44,16 +42,9 @@ def measure(profile: str, seed: int, precision: str) -> pd.DataFrame:
                  "pretrain")
     w = worldfiles.build(wcfg, rcfg, profile)
     folder = pretrain.pretrain_base(w, pcfg, profile)
-    summary = json.loads((folder / "train_summary.json").read_text())
     scored = storage.stored_knowledge_run(folder, w, wcfg.qa_fraction, wcfg.seed, profile)
-    _, checks = storage.storage_curve(scored)
-    return storage.curves_by_bucket(scored).assign(
-        seed=seed, precision=summary.get("precision", precision), model=folder.name,
-        final_loss=summary["final_loss"], seconds=summary["seconds"],
-        checks_pass=all(v for k, v in checks.items() if k != "buckets"))
-
-
-spread = storage.spread
+    seconds = json.loads((folder / "train_summary.json").read_text())["seconds"]
+    return storage.draw_curves(folder, scored, seed).assign(seconds=seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.concat(parts, ignore_index=True)
     view = table.pivot_table(index=["measure", "seed", "precision"], columns="bucket", values="mean", sort=False)
     print(view.reindex(columns=[b for b in world.EXPOSURE_LABELS if b in view.columns]).round(3).to_string())
-    s = spread(table)
+    s = storage.spread(table)
     print(f"held-out storage at {s['bucket']} mentions: {s['storage']}; largest move from seed {args.seeds[0]} bf16 "
-          f"{s['largest move']:.3f} ({'within' if s['within tolerance'] else 'outside'} +/-{TOLERANCE})")
+          f"{s['largest move']:.3f} ({'within' if s['within tolerance'] else 'outside'} +/-{storage.TOLERANCE})")
     print(save_table(table, paths.results_dir(args.profile) / "tiny_instrument.csv", profile=args.profile,
                      draws=[{"seed": d[0], "precision": d[1]} for d in draws], spread=s))
     return 0

@@ -8,6 +8,7 @@ Usage: ``scored = storage.stored_knowledge_run(folder, world, qa_fraction, seed,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -92,6 +93,17 @@ def curves_by_bucket(scored: pd.DataFrame) -> pd.DataFrame:
             rows.append({"measure": name, "bucket": bucket, "mean": float(by.loc[bucket, "mean"]),
                          "n": int(by.loc[bucket, "count"])})
     return pd.DataFrame(rows)
+
+
+def draw_curves(folder: Path, scored: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """:func:`curves_by_bucket` of one pretrained model (its ``folder`` and its ``scored`` questions), each row
+    labelled with the model's pretraining seed, precision, folder and final loss, and whether the model
+    passes notebook 02's checks (:func:`storage_curve`)."""
+    summary = json.loads((folder / "train_summary.json").read_text())
+    _, checks = storage_curve(scored)
+    return curves_by_bucket(scored).assign(seed=seed, precision=summary["precision"], model=folder.name,
+                                           final_loss=summary["final_loss"],
+                                           checks_pass=all(v for k, v in checks.items() if k != "buckets"))
 
 
 def spread(table: pd.DataFrame, bucket: str = TOLERANCE_BUCKET) -> dict:

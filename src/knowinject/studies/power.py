@@ -16,7 +16,7 @@ claims tables carry one (``n_bases``), and a component cannot shrink below what 
 design whose items alone give an MDE above the target can reach it only with more items, whatever
 the seeds.
 
-Usage: ``power.table(findings_table, run_seconds, runs_per_seed)``; notebook 06 writes ``power.csv``.
+Usage: ``power.table(findings_table, run_seconds, settings)``; notebook 06 writes ``power.csv``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def plan(v_runs: float, v_items: float, n_seeds: int, n_items: int, target: floa
             "scale_both": (v_runs + v_items) / budget}
 
 
-def runs_per_seed(claim: str, study_a: dict, study_b: dict | None = None) -> int:
+def runs_per_seed(claim: str, study_a: dict) -> int:
     """Finetunes one more seed of a claim's own cells costs, from the track's study settings (a profile's
     ``study_a_<track>`` stage): A1 QA and documents; A2 one QA run (both fact types); A3 the 2-hop cell;
     A4 QA and documents at every quantity and augmentation level; A5 each persona and the events; B1-B3
