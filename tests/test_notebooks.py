@@ -149,6 +149,12 @@ def test_smoke_06_figures_and_findings(smoke_run):
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
     assert list(table.columns) == findings.COLUMNS
     assert len(table) == 5 * 2 + 3 * 3 and table.replication_verdict.notna().all() and table.mde.notna().sum() >= 17
+    # The tiny track's seeds finetuned both smoke bases, and its intervals resampled them (notebooks 04, 05).
+    main = table.set_index(["claim", "track"])
+    tiny = main.xs("tiny", level="track")
+    assert (tiny[tiny.n_seeds >= 2].n_bases == 2).all() and (main.xs("smollm2", level="track").n_bases == 1).all()
+    one_layer = main.xs("one-layer", level="track")
+    assert (one_layer.n_bases == one_layer.n_seeds).all()  # each seed pretrains its own world and model
     plan = pd.read_csv(_results(smoke_run) / "power.csv")
     assert list(plan[["claim", "track"]].itertuples(index=False)) == list(table[["claim", "track"]].itertuples(index=False))
     assert plan.seed_share.dropna().between(0, 1).all() and (plan.paper_effect > 0).all()

@@ -59,3 +59,14 @@ def test_table_prices_the_extra_seeds_of_a_claims_own_cells():
     claims.loc[0, ["item_ci_low", "item_ci_high"]] = [-0.2, 0.2]
     r = power.table(claims, {("A", "tiny"): 60.0}, {"tiny": {}}).iloc[0]
     assert r.seeds_needed == math.inf and r.seeds_in_plan == math.ceil(r.scale_both * 5) and r.extra_runs > 0
+
+
+def test_the_base_models_share_of_variance_is_not_bought_down_by_seeds():
+    """Seed s finetunes base s mod K: more seeds leave the base part of the variance where it is, so a
+    target below it is out of reach of seeds (and items), and one above it needs more seeds than the same
+    training variance with no base part."""
+    budget = (0.05 / power.MDE_Z) ** 2
+    assert power.plan(0.2 * budget, 0.2 * budget, 5, 100, 0.05, v_base=budget)["seeds_needed"] == math.inf
+    with_base = power.plan(0.4 * budget, 0.4 * budget, 5, 100, 0.05, v_base=0.3 * budget)
+    without = power.plan(0.7 * budget, 0.4 * budget, 5, 100, 0.05)
+    assert with_base["seeds_needed"] > without["seeds_needed"]

@@ -185,3 +185,12 @@ def test_resampling_base_models_covers_a_base_variance_component():
 def test_the_base_coverage_test_fails_when_runs_are_resampled_as_independent():
     # Mutation check: base resampling switched off (runs of one base treated as independent draws).
     assert not 0.91 <= _base_coverage(False) <= 0.99
+
+
+def test_bases_of_maps_runs_to_their_base_only_when_several_bases_are_pooled():
+    df = pd.DataFrame({"seed": [0, 0, 1, 2, 3], "pretrain_seed": [0, 0, 1, 2, 0], "em": 1.0})
+    assert stats.bases_of(df) == {0: 0, 1: 1, 2: 2, 3: 0}
+    assert stats.bases_of(df[df.pretrain_seed == 0]) is None  # one base: the runs are the only training draw
+    assert stats.bases_of(df.drop(columns="pretrain_seed")) is None
+    with pytest.raises(ValueError, match=r"runs \[0\] appear under several bases"):
+        stats.bases_of(df.assign(pretrain_seed=[0, 1, 1, 2, 0]))

@@ -5,6 +5,7 @@ model saved to a temporary folder (resumable, evaluated at its checkpoints)."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -408,3 +409,50 @@ def test_no_committed_claim_reads_a_ceiling_floor_or_zero_width_interval_as_evid
             assert not (degenerate and verdict in ("reproduced", "not reproduced")), (r.claim, r.track, pre)
             if degenerate:
                 assert verdict == "unmeasurable" or r.claim in ("A4", "B3"), (r.claim, r.track, pre, verdict)
+
+
+# --- the tiny track's pretrained bases ----------------------------------------------------------------------
+
+def test_seed_s_finetunes_base_s_mod_k_and_each_base_keeps_its_seeds():
+    assert tracks.seeds_by_base([0, 1, 2, 3, 4], [0, 1, 2]) == {0: [0, 3], 1: [1, 4], 2: [2]}
+    assert tracks.seeds_by_base([0], [7, 8]) == {7: [0]}  # a base no seed reaches is left out
+    tr = {b: f"track-{b}" for b in (0, 1, 2)}
+    parts = study_b.compute.per_base(tr, study_b.design.StudyBConfig(seeds=(0, 1, 2, 3, 4)))
+    assert {b: (t, c.seeds) for b, (t, c) in parts.items()} == {0: ("track-0", (0, 3)), 1: ("track-1", (1, 4)),
+                                                                 2: ("track-2", (2,))}
+    parts = study_a.compute.per_base(tr, replace(CFG_A, seeds=(0, 1, 2), claim_seeds=(3,)))
+    assert {b: (c.seeds, c.claim_seeds) for b, (_, c) in parts.items()} == {0: ((0,), (3,)), 1: ((1,), ()), 2: ((2,), ())}
+    with pytest.raises(ValueError, match=r"bases \[1\] get only claim_seeds"):
+        study_a.compute.per_base(tr, replace(CFG_A, seeds=(0,), claim_seeds=(1,)))
+    assert study_b.compute.per_base("one", CFG_A) == {None: ("one", CFG_A)}
+
+
+def test_claims_over_several_bases_resample_the_bases_and_count_them():
+    """Study B's contrast on runs of three pretrained bases: the interval resamples bases (n_bases 3 in the
+    findings row, with the bases' share of the variance), and is wider than one that treats the same runs
+    as independent draws when the bases differ."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(6):
+        base = seed % 3
+        gain = [0.0, 0.15, 0.3][base]  # how much the known half helps depends on the base model
+        for cond, p in (("known", 0.4 + gain), ("unknown", 0.4)):
+            rows += [{"condition": cond, "seed": seed, "pretrain_seed": base, "fact_id": f, "epoch": 2,
+                      "prompt": "zero-shot", "em": float(rng.random() < p)} for f in range(40)]
+    preds = pd.DataFrame(rows)
+    e = study_b.analysis.contrast(preds, "known", "unknown", epoch=2, prompt="zero-shot")
+    flat = study_b.analysis.contrast(preds.drop(columns="pretrain_seed"), "known", "unknown", epoch=2, prompt="zero-shot")
+    assert e.n_bases == 3 and flat.n_bases == 0 and e.effect == flat.effect
+    assert e.ci_high - e.ci_low > flat.ci_high - flat.ci_low
+    row = findings.row("B1", "tiny", "m", e, findings.judge(e, findings.directional))
+    assert row["n_bases"] == 3 and 0 <= row["base_share"] <= 1
+    assert findings.row("B1", "smollm2", "m", flat, "undecided")["n_bases"] == 1
+
+
+def test_every_committed_tiny_claim_resamples_three_or_more_pretrained_bases():
+    """The tiny track's claims are about the pretraining recipe: each main-design interval includes the
+    draw of K >= 3 pretrained bases (notebooks 04, 05; the profile's tiny_bases stage)."""
+    table = pd.read_csv(paths.RESULTS / "findings.csv")
+    tiny = table[table.track == "tiny"]
+    assert len(tiny) == 8 and (tiny.n_bases >= 3).all(), tiny[["claim", "n_bases"]].to_string()
+    assert tiny.base_share.dropna().between(0, 1).all()

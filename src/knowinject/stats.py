@@ -265,3 +265,18 @@ def runs_by_items(df: pd.DataFrame, value: str, run: str = "seed", item: str | l
     items = [item] if isinstance(item, str) else list(item)
     d = df.assign(_item=df[items].astype(str).agg("|".join, axis=1)) if len(items) > 1 else df.assign(_item=df[items[0]])
     return d.pivot_table(index=run, columns="_item", values=value, aggfunc="mean").astype(float)
+
+
+BASE = "pretrain_seed"  # the column that says which pretrained base a run finetuned (the tiny track's K bases)
+
+
+def bases_of(df: pd.DataFrame, run: str = "seed", base: str = BASE) -> dict | None:
+    """``{run: base}`` for :func:`two_stage`'s ``bases`` when ``df`` pools runs of several pretrained bases;
+    None when it has no ``base`` column or one base only (the runs are then the only training draw)."""
+    if base not in df or df[base].nunique() < 2:
+        return None
+    per_run = df.groupby(run)[base].nunique()
+    if (per_run > 1).any():
+        raise ValueError(f"bases_of: runs {list(per_run[per_run > 1].index)} appear under several bases in "
+                         f"column {base!r}; a run label ({run!r}) must belong to one base")
+    return df.drop_duplicates(run).set_index(run)[base].to_dict()

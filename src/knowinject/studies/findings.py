@@ -56,11 +56,12 @@ CLAIMS = {
 # mean_a / mean_b: the two conditions' means, in the order of the metric's "a minus b" (NaN for a
 # one-sample effect), so that a row shows when both sat at a ceiling (e.g. 1.000 against 0.994).
 COLUMNS = ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low", "item_ci_high",
-           "n_items", "n_seeds", "mde", "verdict", "reason", "mean_a", "mean_b", "replication_effect",
-           "replication_ci_low", "replication_ci_high", "replication_n_items", "replication_n_seeds",
-           "replication_verdict", "replication_reason", "replication_mean_a", "replication_mean_b"]
+           "n_items", "n_seeds", "n_bases", "base_share", "mde", "verdict", "reason", "mean_a", "mean_b",
+           "replication_effect", "replication_ci_low", "replication_ci_high", "replication_n_items",
+           "replication_n_seeds", "replication_n_bases", "replication_verdict", "replication_reason", "replication_mean_a", "replication_mean_b"]
 CLAIM_COLUMNS = ["claim", "track", "design", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low",
-                 "item_ci_high", "n_items", "n_seeds", "mde", "verdict", "reason", "mean_a", "mean_b"]
+                 "item_ci_high", "n_items", "n_seeds", "n_bases", "base_share", "mde", "verdict", "reason", "mean_a",
+                 "mean_b"]
 VERDICTS = ("reproduced", "not reproduced", "undecided", "mixed", "unmeasurable")
 REASONS = ("ceiling", "floor", "zero variance")
 # Both conditions within 2 points of 100% (or of 0%): the largest effect the design could then show is
@@ -150,9 +151,15 @@ def both(first, second, names: tuple[str, str] = ("attention", "generic answers"
     return consistent([first, second], list(names))
 
 
-def row(claim: str, track: str, metric: str, effect: Effect, verdict: Verdict | str, design: str = "main") -> dict:
+def row(claim: str, track: str, metric: str, effect: Effect, verdict: Verdict | str, design: str = "main",
+        n_bases: int | None = None) -> dict:
     """One claim's row. A row whose own effect the design could not measure never carries reproduced
-    or not reproduced (:func:`judge` and :func:`consistent` see to that; this guards it)."""
+    or not reproduced (:func:`judge` and :func:`consistent` see to that; this guards it).
+
+    ``n_bases``: the pretrained base models the runs finetuned, and whose draw the interval includes: the
+    effect's own count where it resampled bases (the tiny track's K bases), else 1 (one pretrained model,
+    SmolLM2's), unless given (the one-layer model pretrains a new world with every seed). ``base_share``:
+    the share of the effect's variance that came from the bases (NaN where they were not resampled)."""
     verdict, reason = verdict if isinstance(verdict, Verdict) else (verdict, "")
     if claim not in CLAIMS:
         raise KeyError(f"unknown claim {claim!r}; claims: {', '.join(CLAIMS)}")
@@ -166,20 +173,24 @@ def row(claim: str, track: str, metric: str, effect: Effect, verdict: Verdict | 
     e = effect
     return {"claim": claim, "track": track, "design": design, "statement": CLAIMS[claim], "metric": metric,
             "effect": e.effect, "ci_low": e.ci_low, "ci_high": e.ci_high, "item_ci_low": e.item_ci_low,
-            "item_ci_high": e.item_ci_high, "n_items": int(e.n_items), "n_seeds": int(e.n_seeds), "mde": e.mde,
+            "item_ci_high": e.item_ci_high, "n_items": int(e.n_items), "n_seeds": int(e.n_seeds),
+            "n_bases": int(n_bases if n_bases is not None else max(e.n_bases, 1)), "base_share": e.base_share,
+            "mde": e.mde,
             "verdict": verdict, "reason": reason, "mean_a": e.mean_a, "mean_b": e.mean_b}
 
 
 def combine(claims: pd.DataFrame) -> pd.DataFrame:
     """One row per claim and track: the main design's columns, and the replication's effect,
     interval, size and verdict beside them (NaN where a claim was not replicated)."""
-    # Claims tables written before a verdict could be unmeasurable have no reason and no condition means:
-    # their rows are read as they were judged then (no reason, means not recorded).
+    # Claims tables written before a verdict could be unmeasurable have no reason and no condition means,
+    # and those written before the tiny track sampled its bases no base count: their rows are read as
+    # they were judged then (no reason, means not recorded, one base).
     claims = claims.assign(**{c: claims[c] if c in claims else v for c, v in
-                              (("reason", ""), ("mean_a", math.nan), ("mean_b", math.nan))})
+                              (("reason", ""), ("mean_a", math.nan), ("mean_b", math.nan), ("n_bases", 1),
+                               ("base_share", math.nan))})
     main = claims[claims.design == "main"].drop(columns="design")
     rep = claims[claims.design == "replication"][["claim", "track", "effect", "ci_low", "ci_high", "n_items",
-                                                  "n_seeds", "verdict", "reason", "mean_a", "mean_b"]]
+                                                  "n_seeds", "n_bases", "verdict", "reason", "mean_a", "mean_b"]]
     rep = rep.rename(columns={c: f"replication_{c}" for c in rep.columns if c not in ("claim", "track")})
     return main.merge(rep, on=["claim", "track"], how="left")
 
@@ -202,11 +213,16 @@ def _verdict(verdict, reason, bold: bool = False) -> str:
     return f"{v} ({reason})" if isinstance(reason, str) and reason else v
 
 
+def _bases(n, share) -> str:
+    """How many pretrained bases an interval resampled, and the share of its variance they carry."""
+    return str(int(n)) if _nan(share) else f"{int(n)} ({share:.0%} of variance)"
+
+
 def markdown(table: pd.DataFrame) -> str:
     """The claims table as Markdown (effects in points of accuracy or attention share; condition means
     a vs b in the order of the metric's "a minus b")."""
     lines = ["| claim | track | effect [95% CI, seeds and items] | condition means | item-only CI | MDE | verdict | "
-             "replication [95% CI] | replication verdict | items | seeds | metric |", "|" + "---|" * 12]
+             "replication [95% CI] | replication verdict | items | seeds | bases | metric |", "|" + "---|" * 13]
     for r in table.itertuples():
         item = "n/a" if _nan(r.item_ci_low) else f"[{r.item_ci_low:+.3f}, {r.item_ci_high:+.3f}]"
         mde = "n/a" if _nan(r.mde) else f"{r.mde:.3f}"
@@ -214,7 +230,7 @@ def markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {r.claim} | {r.track} | {_ci(r.effect, r.ci_low, r.ci_high)} | {_means(r.mean_a, r.mean_b)} | "
                      f"{item} | {mde} | {_verdict(r.verdict, r.reason, bold=True)} | {rep} | "
                      f"{_verdict(r.replication_verdict, r.replication_reason)} | {r.n_items} | {r.n_seeds} | "
-                     f"{r.metric} |")
+                     f"{_bases(r.n_bases, r.base_share)} | {r.metric} |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,8 +279,10 @@ def report(table: pd.DataFrame) -> str:
                           f"{r.item_ci_high:+.3f}; MDE {r.mde:.3f}]")
             why = f" ({r.reason})" if "reason" in table and isinstance(r.reason, str) and r.reason else ""
             means = f"; means {_means(r.mean_a, r.mean_b)}" if "mean_a" in table and not _nan(r.mean_a) else ""
+            bases = (f", {_bases(r.n_bases, r.base_share)} bases" if "n_bases" in table and int(r.n_bases) > 1
+                     else "")
             lines.append(f"    {r.track:9s}{design} {r.verdict.upper():15s} {effect}{means}; {r.metric} "
-                         f"(n={r.n_items} items, {r.n_seeds} seeds){why}")
+                         f"(n={r.n_items} items, {r.n_seeds} seeds{bases}){why}")
             if "replication_verdict" in table and isinstance(r.replication_verdict, str):
                 lines.append(f"    {'':9s} replication {r.replication_verdict.upper():15s} "
                              f"{_ci(r.replication_effect, r.replication_ci_low, r.replication_ci_high)} "

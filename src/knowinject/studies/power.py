@@ -10,11 +10,13 @@ per condition), ``v_items`` with the test items. From the saved claims table the
 - ``v_runs`` = ``se**2 - v_items`` (0 if negative: the item-only interval was the wider one).
 
 and the MDE of a design with ``S'`` seeds and ``I'`` items is projected as
-``MDE_Z * sqrt(v_runs * S / S' + v_items * I / I')``. The projection holds the per-unit variances
-fixed, which is what the bootstrap measured; it does not know about a base-model component until the
-claims tables carry one (``n_bases``), and a component cannot shrink below what its sample allows: a
-design whose items alone give an MDE above the target can reach it only with more items, whatever
-the seeds.
+``MDE_Z * sqrt(v_base + v_runs * S / S' + v_items * I / I')``. The projection holds the per-unit
+variances fixed, which is what the bootstrap measured, and a component cannot shrink below what its
+sample allows: a design whose items alone give an MDE above the target can reach it only with more
+items, whatever the seeds. ``v_base`` is the part of the training variance that comes from the
+pretrained bases where the claim resampled several (the tiny track: ``base_share`` of the claims
+table, times ``se**2``). Seed s finetunes base s mod K, so more seeds at the same K bases do not shrink
+it: only more bases (one pretraining each) would, and a plan that needs them says "seeds cannot".
 
 Usage: ``power.table(findings_table, run_seconds, settings)``; notebook 06 writes ``power.csv``.
 """
@@ -51,18 +53,19 @@ def projected_mde(v_runs: float, v_items: float, n_seeds: int, n_items: int, see
     return MDE_Z * math.sqrt(v_runs * n_seeds / seeds + v_items * n_items / items)
 
 
-def plan(v_runs: float, v_items: float, n_seeds: int, n_items: int, target: float) -> dict:
+def plan(v_runs: float, v_items: float, n_seeds: int, n_items: int, target: float, v_base: float = 0.0) -> dict:
     """Seeds needed at today's items, items needed at today's seeds, and the factor by which both would
-    have to grow together, for the MDE to reach ``target``. ``inf`` where that lever alone cannot."""
+    have to grow together, for the MDE to reach ``target``. ``inf`` where that lever alone cannot.
+    ``v_base``: variance from the pretrained bases, which neither seeds nor items shrink."""
     if any(math.isnan(x) for x in (v_runs, v_items)) or n_seeds < 1 or n_items < 1:
         return {"seeds_needed": np.nan, "items_needed": np.nan, "scale_both": np.nan}
-    budget = (target / MDE_Z) ** 2          # the variance the target allows
+    budget = (target / MDE_Z) ** 2 - v_base  # the variance the target leaves to runs and items
     if v_runs + v_items <= budget:
         return {"seeds_needed": n_seeds, "items_needed": n_items, "scale_both": 1.0}
     seeds = math.ceil(v_runs * n_seeds / (budget - v_items)) if budget > v_items else math.inf
     items = math.ceil(v_items * n_items / (budget - v_runs)) if budget > v_runs else math.inf
     return {"seeds_needed": seeds if seeds <= MAX_SEEDS else math.inf, "items_needed": items,
-            "scale_both": (v_runs + v_items) / budget}
+            "scale_both": (v_runs + v_items) / budget if budget > 0 else math.inf}
 
 
 def runs_per_seed(claim: str, study_a: dict) -> int:
@@ -93,15 +96,17 @@ def table(claims: pd.DataFrame, run_seconds: dict, settings: dict, workers: int 
     for r in claims.itertuples():
         target = PAPER_EFFECT.get(r.claim, np.nan)
         v_runs, v_items = components(float(r.mde) / MDE_Z, float(r.item_ci_low), float(r.item_ci_high))
+        share = float(getattr(r, "base_share", np.nan))
+        v_base = min(share * (float(r.mde) / MDE_Z) ** 2, v_runs) if not np.isnan(share) else 0.0
         n_seeds, n_items = int(r.n_seeds), int(r.n_items)
-        p = plan(v_runs, v_items, n_seeds, n_items, target)
+        p = plan(v_runs - v_base, v_items, n_seeds, n_items, target, v_base)
         study = r.claim[0]
         per_seed = runs_per_seed(r.claim, settings.get(r.track, {}))
         secs = run_seconds.get((study, r.track), np.nan)
         # The cheapest plan in finetunes: seeds alone where they can reach the target, else seeds and items
         # grown together by scale_both (items cost evaluation only in Study B; in Study A they come with runs
         # of more people or of fresh draws, which this price leaves out).
-        if np.isnan(p["scale_both"]):
+        if np.isnan(p["scale_both"]) or p["scale_both"] == math.inf:
             seeds_plan = np.nan
         elif np.isfinite(p["seeds_needed"]):
             seeds_plan = p["seeds_needed"]
@@ -112,7 +117,8 @@ def table(claims: pd.DataFrame, run_seconds: dict, settings: dict, workers: int 
         total = v_runs + v_items
         rows.append({"claim": r.claim, "track": r.track, "paper_effect": target, "effect": r.effect,
                      "mde": r.mde, "n_seeds": n_seeds, "n_items": n_items,
-                     "seed_share": v_runs / total if total > 0 else np.nan,
+                     "seed_share": v_runs / total if total > 0 else np.nan,  # bases included
+                     "base_share": v_base / total if total > 0 and not np.isnan(share) else np.nan,
                      "item_share": v_items / total if total > 0 else np.nan,
                      "seeds_needed": p["seeds_needed"], "items_needed": p["items_needed"],
                      "scale_both": p["scale_both"], "seeds_in_plan": seeds_plan, "runs_per_seed": per_seed,
@@ -143,7 +149,10 @@ def markdown(table: pd.DataFrame) -> str:
         seeds = "seeds cannot" if r.seeds_needed == math.inf else _n(r.seeds_needed)
         items = "items cannot" if r.items_needed == math.inf else _n(r.items_needed)
         share = "n/a" if pd.isna(r.seed_share) else f"{r.seed_share:.0%}"
-        both = "n/a" if pd.isna(r.scale_both) else f"x{r.scale_both:.1f}"
+        if "base_share" in table and not pd.isna(r.base_share):
+            share += f" ({r.base_share:.0%} bases)"
+        both = ("n/a" if pd.isna(r.scale_both) else "more bases needed" if r.scale_both == math.inf
+                else f"x{r.scale_both:.1f}")
         lines.append(f"| {r.claim} | {r.track} | {r.paper_effect:.2f} | {r.mde:.3f} | {r.n_seeds}, {r.n_items} | {share} | "
                      f"{seeds} | {items} | {both} | {extra} |")
     return "\n".join(lines) + "\n"

@@ -288,19 +288,23 @@ def contrast(rows: pd.DataFrame, a: str, b: str, metric: str) -> stats.Effect:
 
 
 def claims(rows: pd.DataFrame, track: str = "one-layer", design: str = "main") -> pd.DataFrame:
-    """B1-B3 rows of the findings table for the theory model (same rules as the other tracks)."""
+    """B1-B3 rows of the findings table for the theory model (same rules as the other tracks). Every seed
+    pretrains its own world and model and finetunes it in each condition (runs paired by seed), so the
+    seeds resampled are the pretrained bases: ``n_bases`` is the number of seeds."""
 
     out = []
     e = contrast(rows, "known", "unknown", "correct")
     out.append(findings.row("B1", track, "accuracy on test facts, known-half minus unknown-half finetune (halves by "
-                            "factual salience)", e, findings.judge(e, findings.directional), design))
+                            "factual salience)", e, findings.judge(e, findings.directional), design,
+                            n_bases=e.n_seeds))
     e = contrast(rows, "known", "whole", "correct")
     out.append(findings.row("B2", track, "accuracy on test facts, known-half minus whole-pool finetune", e,
-                            findings.judge(e, findings.non_inferior, findings.B2_MARGIN), design))
+                            findings.judge(e, findings.non_inferior, findings.B2_MARGIN), design,
+                            n_bases=e.n_seeds))
     ea = contrast(rows, "known", "unknown", "subject_attention")
     eg = contrast(rows, "unknown", "known", "generic")
     verdict = findings.both(findings.judge(ea, findings.directional), findings.judge(eg, findings.directional))
     out.append(findings.row("B3", track, "attention on the subject token, known-half minus unknown-half finetune "
                             f"(generic-answer rate, unknown minus known: {eg.effect:+.3f} [{eg.ci_low:+.3f}, "
-                            f"{eg.ci_high:+.3f}])", ea, verdict, design))
+                            f"{eg.ci_high:+.3f}])", ea, verdict, design, n_bases=ea.n_seeds))
     return pd.DataFrame(out)

@@ -6,12 +6,14 @@ fact is known. A track says which base model to load and how to finetune it; the
 same code for both.
 
 Usage: ``track = tracks.make("tiny", stage_params(profile, "track_tiny"), world, pretrain_cfg)``;
-``model, tok = tracks.load_base(track)``.
+``model, tok = tracks.load_base(track)``. The tiny track's design samples its pretraining too:
+``tracks.tiny_bases(settings, world, pretrain_cfg, bases_cfg.seeds)`` gives one track per pretrained base, and
+``tracks.seeds_by_base(cfg.seeds, bases_cfg.seeds)`` which finetuning seeds run on each.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -77,6 +79,33 @@ def make(name: str, settings: dict, world: WorldFiles, pretrain_cfg: PretrainCon
     require(name != "tiny" or pretrain_cfg is not None, "the tiny track needs the pretraining config of its base model")
     model = str(tiny_model_dir(world, pretrain_cfg, profile)) if name == "tiny" else model_name
     return build(Track, {"name": name, "model": model, **settings}, f"track_{name}")
+
+
+def tiny_bases(settings: dict, world: WorldFiles, pretrain_cfg: PretrainConfig, base_seeds,
+               profile: str | None = None) -> dict[int, Track]:
+    """One tiny track per pretraining seed in ``base_seeds`` (the profile's ``tiny_bases`` stage): the recipe
+    ``pretrain_cfg`` pretrained from that seed on ``world`` (notebook 02's cached runs; trained here if missing)."""
+    return {s: make("tiny", settings, world, replace(pretrain_cfg, seed=s), profile=profile) for s in base_seeds}
+
+
+def seeds_by_base(seeds, base_seeds) -> dict[int, list[int]]:
+    """Which finetuning seeds run on which base: seed s finetunes base ``base_seeds[s mod K]``, so spreading
+    a design over K bases costs no extra finetunes. Bases that no seed reaches are left out."""
+    base_seeds = list(base_seeds)
+    if not base_seeds:
+        raise ValueError("seeds_by_base: no pretraining seeds (the tiny_bases stage lists none)")
+    out: dict[int, list[int]] = {}
+    for s in seeds:
+        out.setdefault(base_seeds[s % len(base_seeds)], []).append(s)
+    return {b: out[b] for b in base_seeds if b in out}
+
+
+def identities(label: str, track) -> dict:
+    """What a results table's provenance records of a track's model(s): ``{label: identity}``, and for a
+    track of several pretrained bases one entry per base (``tiny pretrain-seed 1``)."""
+    if isinstance(track, dict):
+        return {f"{label} pretrain-seed {b}": models.identity(t.model) for b, t in track.items()}
+    return {label: models.identity(track.model)}
 
 
 def label(name: str, model_name: str = models.SMOLLM2) -> str:

@@ -20,8 +20,16 @@ from knowinject.studies.study_a.design import StudyAConfig
 from knowinject import stats
 
 
-def collect(folders: list[Path]) -> dict[str, pd.DataFrame]:
-    """Every run's tables, concatenated per kind, with the cell's fields as columns; plus training fit."""
+def collect(folders: list[Path] | dict) -> dict[str, pd.DataFrame]:
+    """Every run's tables, concatenated per kind, with the cell's fields as columns; plus training fit.
+    ``folders`` by pretraining seed (what :func:`.compute.run_designs` returns): each table gains a
+    ``pretrain_seed`` column where the runs finetuned more than one base (:func:`stats.bases_of`)."""
+    if isinstance(folders, dict):
+        parts = {b: collect(f) for b, f in folders.items()}
+        if len(parts) == 1 or None in parts:
+            return next(iter(parts.values())) if len(parts) == 1 else _concat(parts.values())
+        return _concat([{k: v.assign(**{stats.BASE: b}) if len(v) else v for k, v in p.items()}
+                        for b, p in parts.items()])
     tables: dict[str, list[pd.DataFrame]] = {"qa": [], "mc": [], "multistep": [], "style": [], "fit": []}
     for f in folders:
         cell = json.loads((f / "config.json").read_text())["cell"]
@@ -37,6 +45,12 @@ def collect(folders: list[Path]) -> dict[str, pd.DataFrame]:
                                                 # time while it trained: shared with group_runs runs on average
                                                 "group_runs": s.get("group_runs", 1.0)}]))
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in tables.items()}
+
+
+def _concat(parts) -> dict[str, pd.DataFrame]:
+    parts = list(parts)
+    return {k: pd.concat([p[k] for p in parts if len(p[k])], ignore_index=True) if any(len(p[k]) for p in parts)
+            else pd.DataFrame() for k in parts[0]}
 
 
 CELL = ["subject", "format", "quantity", "augmentation", "multistep", "style", "persona"]
@@ -92,10 +106,14 @@ def claims(tables: dict[str, pd.DataFrame], cfg: StudyAConfig, track: str, desig
     q, a = cfg.quantity, cfg.augmentation
     central = dict(subject="people", quantity=q, augmentation=a, multistep=False)
     rows = []
+    # Runs of several pretrained bases (the tiny track): the training stage resamples bases, then runs.
+    # The base evaluations are left out: each base has its own, under one seed label.
+    bases = stats.bases_of(qa[qa.format != "base"]) if len(qa) else None
 
     def qa_vs_doc(where):
         return stats.two_stage(_runs_by_items(qa, "em", **where, format="qa"),
-                               _runs_by_items(qa, "em", **where, format="doc"), paired_items=True, bounds=(0, 1))
+                               _runs_by_items(qa, "em", **where, format="doc"), paired_items=True, bounds=(0, 1),
+                               bases=bases)
 
     e = qa_vs_doc(central)
     rows.append(findings.row("A1", track, f"QA exact match on unseen phrasings, QA-format minus document-format "
@@ -104,7 +122,8 @@ def claims(tables: dict[str, pd.DataFrame], cfg: StudyAConfig, track: str, desig
     qa_runs = qa[(qa.format == "qa") & (qa.subject == "people") & (qa.quantity == q) & (qa.augmentation == a)
                  & ~qa.multistep.astype(bool)]
     e = stats.two_stage(_runs_by_items(qa_runs, "em", kind="categorical"),
-                        _runs_by_items(qa_runs, "em", kind="numerical"), shared_runs=True, bounds=(0, 1))
+                        _runs_by_items(qa_runs, "em", kind="numerical"), shared_runs=True, bounds=(0, 1),
+                        bases=bases)
     rows.append(findings.row("A2", track, "QA exact match, categorical minus numerical facts (QA-format training, "
                              "people)", e, findings.judge(e, findings.directional), design))
     ms = tables["multistep"]
@@ -115,7 +134,7 @@ def claims(tables: dict[str, pd.DataFrame], cfg: StudyAConfig, track: str, desig
         # gap), so the row carries both accuracies and can tell a ceiling from no effect.
         ms = ms.assign(hop1=ms.hop1_em.astype(float), hop2=ms.em.astype(float))
         e = (stats.two_stage(_runs_by_items(ms, "hop1"), _runs_by_items(ms, "hop2"), paired_items=True,
-                             shared_runs=True, bounds=(0, 1)) if len(ms) else stats.Effect.empty())
+                             shared_runs=True, bounds=(0, 1), bases=bases) if len(ms) else stats.Effect.empty())
     else:
         e = stats.Effect.empty()
     rows.append(findings.row("A3", track, "first-hop accuracy minus 2-hop accuracy, 2-hop questions whose second hop "
@@ -131,7 +150,7 @@ def claims(tables: dict[str, pd.DataFrame], cfg: StudyAConfig, track: str, desig
                              f"{len(results)} quantity / augmentation levels", e, verdict, design))
     ev = _runs_by_items(qa, "em", subject="events", format="qa", augmentation=a)
     pe = _runs_by_items(qa, "em", subject="persona", format="qa", augmentation=a)
-    e = stats.two_stage(pe, ev, bounds=(0, 1))
+    e = stats.two_stage(pe, ev, bounds=(0, 1), bases=bases)
     rows.append(findings.row("A5", track, "QA exact match, persona facts minus new real-world event facts (both "
                              f"QA-format training; equivalence within +/-{findings.A5_MARGIN:.2f})", e,
                              findings.judge(e, findings.equivalent, findings.A5_MARGIN), design))

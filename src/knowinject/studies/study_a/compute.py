@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +17,7 @@ import pandas as pd
 from knowinject.core import executor, paths, runs
 from knowinject.core.runs import write_jsonl
 
-from knowinject.train import grouped
+from knowinject.train import grouped, tracks
 from knowinject.train.encoding import chat_prompt_and_reply
 from knowinject.train.finetune import finetune
 from knowinject.train.tracks import load_base
@@ -225,12 +225,32 @@ def _write_tables(tmp: Path, tables: dict[str, pd.DataFrame]) -> None:
         write_jsonl(table, tmp / f"{name}.jsonl")
 
 
+def per_base(track, cfg: StudyAConfig) -> dict:
+    """``{pretraining seed: (track, cfg)}`` of a design whose ``track`` is one track per pretrained base
+    (:func:`knowinject.train.tracks.tiny_bases`): seed s runs on base s mod K, so each base's design keeps
+    the seeds (and claim seeds) that map to it. One track: ``{None: (track, cfg)}``."""
+    if not isinstance(track, dict):
+        return {None: (track, cfg)}
+    seeds, claim = tracks.seeds_by_base(cfg.seeds, track), tracks.seeds_by_base(cfg.claim_seeds, track)
+    lonely = [b for b in claim if b not in seeds]
+    if lonely:
+        raise ValueError(f"Study A: bases {lonely} get only claim_seeds {[claim[b] for b in lonely]}; list more seeds "
+                         f"(seed s runs on base s mod {len(track)}) so that every base has a grid seed")
+    return {b: (track[b], replace(cfg, seeds=tuple(seeds[b]), claim_seeds=tuple(claim.get(b, ())))) for b in seeds}
+
+
 def run_designs(designs: list[tuple], grouping: grouped.GroupConfig, profile: str | None = None,
-                progress: bool = True) -> list[list[Path]]:
+                progress: bool = True) -> list[dict]:
     """Several designs, each ``(track, world, cfg, claims_only)``, computed by one pool of workers (so no
-    worker waits at the end of one design while the next could start); their folders, design by design."""
-    plans = [plan_cells(track, design_cells(cfg, claims_only), Inputs(world), cfg, grouping, profile)
-             for track, world, cfg, claims_only in designs]
-    executor.run_tasks([t for _, tasks in plans for t in tasks], desc="study A",
-                       progress=progress, gpu=any(executor.needs_gpu(d[0]) for d in designs))
-    return [folders for folders, _ in plans]
+    worker waits at the end of one design while the next could start); per design, its folders by the
+    pretraining seed of their base (``{None: folders}`` for a single track; a dict of tracks, one per base,
+    spreads the design's seeds over them, :func:`per_base`). :func:`.analysis.collect` takes either."""
+    plans = []
+    for track, world, cfg, claims_only in designs:
+        inp = Inputs(world)
+        plans.append({b: plan_cells(t, design_cells(c, claims_only), inp, c, grouping, profile)
+                      for b, (t, c) in per_base(track, cfg).items()})
+    executor.run_tasks([t for plan in plans for _, tasks in plan.values() for t in tasks], desc="study A",
+                       progress=progress, gpu=any(executor.needs_gpu(t) for track, *_ in designs
+                                                  for t in (track.values() if isinstance(track, dict) else [track])))
+    return [{b: folders for b, (folders, _) in plan.items()} for plan in plans]

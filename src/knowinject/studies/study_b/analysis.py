@@ -45,7 +45,8 @@ def summarize_by_level(preds: pd.DataFrame, value: str = "em") -> pd.DataFrame:
 
 def contrast(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) -> stats.Effect:
     """Condition a minus condition b on the same test facts, with the two-stage interval (each
-    condition's runs resampled, then the shared test facts); ``where`` filters rows (e.g.
+    condition's runs resampled, or the bases and then their runs where the runs finetuned several
+    pretrained bases, then the shared test facts); ``where`` filters rows (e.g.
     ``epoch=8, prompt="zero-shot"``)."""
     d = preds
     for k, v in where.items():
@@ -54,7 +55,9 @@ def contrast(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) ->
     yb = stats.runs_by_items(d[d.condition == b], value, "seed", "fact_id")
     if ya.empty or yb.empty:
         return stats.Effect.empty()
-    return stats.two_stage(ya, yb, paired_items=True, bounds=(0, 1))  # accuracy, attention share, generic rate
+    # Runs of several pretrained bases (the tiny track's): bases resampled first, then runs within them.
+    bases = stats.bases_of(d[d.condition.isin([a, b])])
+    return stats.two_stage(ya, yb, paired_items=True, bounds=(0, 1), bases=bases)  # accuracy, attention, generic rate
 
 
 def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:

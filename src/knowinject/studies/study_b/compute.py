@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +22,7 @@ from knowinject.core.seeding import numpy_rng
 
 from knowinject.data import render
 
-from knowinject.train import grouped
+from knowinject.train import grouped, tracks
 from knowinject.train.finetune import finetune
 from knowinject.train.tracks import load_base
 
@@ -30,6 +30,8 @@ from knowinject.eval import evaluate, mechanism, scoring
 from knowinject.eval.knownness import KnownnessConfig
 
 from knowinject.studies.study_b.design import StudyBConfig, all_jobs, candidates, condition_facts, qa_examples, split, test_items
+
+from knowinject import stats
 
 
 def answer_questions(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> pd.DataFrame:
@@ -225,6 +227,15 @@ class TrackResult:
     seconds: float
 
 
+def per_base(track, cfg: StudyBConfig) -> dict:
+    """``{pretraining seed: (track, cfg)}`` of a design whose ``track`` is one track per pretrained base
+    (:func:`knowinject.train.tracks.tiny_bases`): seed s runs on base s mod K. Each base measures its own
+    knownness, so its known and unknown halves are its own. One track: ``{None: (track, cfg)}``."""
+    if not isinstance(track, dict):
+        return {None: (track, cfg)}
+    return {b: (track[b], replace(cfg, seeds=tuple(s))) for b, s in tracks.seeds_by_base(cfg.seeds, track).items()}
+
+
 def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: KnownnessConfig,
                subset: int | None = None, profile: str | None = None, progress: bool = True,
                also: list[tuple] = ()) -> list[TrackResult]:
@@ -232,21 +243,37 @@ def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: Kn
     ``subset`` of the real-world facts, :func:`.design.candidates`), the pool/test split, every run
     (cached) and their collected tables. All designs' runs are computed by one pool of workers (no
     worker waits at the end of one design while the next could start); ``also``: other executor tasks
-    to share the pool with (the theory model's settings, :func:`knowinject.studies.theory.task`)."""
+    to share the pool with (the theory model's settings, :func:`knowinject.studies.theory.task`).
+    ``track`` may be one track per pretrained base (a dict by pretraining seed): the design's seeds are
+    spread over the bases (:func:`per_base`), and every table gains a ``pretrain_seed`` column."""
     start = time.perf_counter()
     prepared = []
     for track, world, cfg in setups:
-        pool, test = split(candidates(track, world, cfg.relations, known_cfg, subset, profile), cfg)
-        qa = world.table("qa_realworld" if track.name == "smollm2" else "qa")
-        folders, tasks = plan_jobs(track, make_design(track, world, pool, test, qa, cfg), all_jobs(cfg), grouping, profile)
-        prepared.append((pool, test, folders, tasks))
-    executor.run_tasks([t for *_, tasks in prepared for t in tasks] + list(also), desc="study B", progress=progress,
-                       gpu=any(executor.needs_gpu(s[0]) for s in setups))
+        parts = {}
+        for b, (t, c) in per_base(track, cfg).items():
+            pool, test = split(candidates(t, world, c.relations, known_cfg, subset, profile), c)
+            qa = world.table("qa_realworld" if t.name == "smollm2" else "qa")
+            folders, tasks = plan_jobs(t, make_design(t, world, pool, test, qa, c), all_jobs(c), grouping, profile)
+            parts[b] = (pool, test, folders, tasks)
+        prepared.append(parts)
+    executor.run_tasks([t for parts in prepared for *_, tasks in parts.values() for t in tasks] + list(also),
+                       desc="study B", progress=progress,
+                       gpu=any(executor.needs_gpu(t) for s in setups
+                               for t in (s[0].values() if isinstance(s[0], dict) else [s[0]])))
     seconds = round(time.perf_counter() - start, 1)
     out = []
-    for pool, test, folders, _ in prepared:
-        preds, att, fit = collect(folders, test)
-        out.append(TrackResult(pool, test, folders, preds, att, fit, seconds))
+    for parts in prepared:
+        results = []
+        for b, (pool, test, folders, _) in parts.items():
+            preds, att, fit = collect(folders, test)
+            tag = {stats.BASE: b} if b is not None and len(parts) > 1 else {}
+            results.append(TrackResult(pool.assign(**tag), test.assign(**tag), folders, preds.assign(**tag),
+                                       att.assign(**tag), fit.assign(**tag), seconds))
+        out.append(results[0] if len(results) == 1 else TrackResult(
+            *(pd.concat([getattr(r, f) for r in results], ignore_index=True) for f in ("pool", "test")),
+            [f for r in results for f in r.folders],
+            *(pd.concat([getattr(r, f) for r in results], ignore_index=True) for f in ("preds", "attention", "fit")),
+            seconds))
     return out
 
 
