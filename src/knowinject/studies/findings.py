@@ -58,7 +58,8 @@ CLAIMS = {
 COLUMNS = ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low", "item_ci_high",
            "n_items", "n_seeds", "n_bases", "base_share", "mde", "verdict", "reason", "mean_a", "mean_b",
            "replication_effect", "replication_ci_low", "replication_ci_high", "replication_n_items",
-           "replication_n_seeds", "replication_n_bases", "replication_verdict", "replication_reason", "replication_mean_a", "replication_mean_b"]
+           "replication_n_seeds", "replication_n_bases", "replication_verdict", "replication_reason",
+           "replication_mean_a", "replication_mean_b"]
 CLAIM_COLUMNS = ["claim", "track", "design", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low",
                  "item_ci_high", "n_items", "n_seeds", "n_bases", "base_share", "mde", "verdict", "reason", "mean_a",
                  "mean_b"]
