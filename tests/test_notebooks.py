@@ -123,7 +123,7 @@ def test_smoke_05_study_b(smoke_run):
     claims = pd.read_csv(_results(smoke_run) / "study_b_claims.csv")
     for design in ("main", "replication"):
         d = claims[claims.design == design]
-        assert sorted(zip(d.claim, d.track)) == [(c, t) for c in ("B1", "B2", "B3")
+        assert sorted(zip(d.claim, d.track)) == [(c, t) for c in ("B1", "B2", "B3", "B3-swap")
                                                  for t in ("one-layer", "smollm2", "tiny")], design
     levels = pd.read_csv(_results(smoke_run) / "study_b_by_level.csv")
     tiny = levels[(levels.track == "tiny") & (levels.condition == "base")]
@@ -143,12 +143,15 @@ def test_smoke_05_study_b(smoke_run):
     assert len(tiny_fit) and tiny_fit[["loss_epoch_1", "loss_epoch_2"]].gt(0).all().all()
     mech = pd.read_csv(_results(smoke_run) / "study_b_mechanism.csv")
     assert mech[mech.metric == "subject_attention_share"]["mean"].between(0, 1).all()
+    # B3's causal reading: every track's final checkpoints asked their test questions about swapped subjects.
+    swap = mech[mech.metric == "answer_unchanged_on_subject_swap"]
+    assert set(swap.track) == {"smollm2", "tiny"} and swap["mean"].between(0, 1).all() and (swap.n_items > 0).all()
 
 
 def test_smoke_06_figures_and_findings(smoke_run):
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
     assert list(table.columns) == findings.COLUMNS
-    assert len(table) == 5 * 2 + 3 * 3 and table.replication_verdict.notna().all() and table.mde.notna().sum() >= 17
+    assert len(table) == 5 * 2 + 4 * 3 and table.replication_verdict.notna().all() and table.mde.notna().sum() >= 17
     # The tiny track's seeds finetuned both smoke bases, and its intervals resampled them (notebooks 04, 05).
     main = table.set_index(["claim", "track"])
     tiny = main.xs("tiny", level="track")

@@ -319,7 +319,7 @@ def test_a_study_b_run_is_cached_and_evaluated_at_each_checkpoint(tiny_dir, smal
     cfg = study_b.design.StudyBConfig(relations=CFG_B.relations, half_size=8, n_test=8, epochs=2, checkpoints=(1, 2),
                                seeds=(0,), splits=("knownness",), k_shot=1, n_attention=3)
     pool, test = study_b.design.split(candidates, cfg)
-    items = study_b.design.test_items(test, qa, track.unseen_phrasing, 0)
+    items = study_b.design.subject_swaps(study_b.design.test_items(test, qa, track.unseen_phrasing, 0), 0)
     folder = study_b.compute.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg,
                                  GroupConfig())
     preds = pd.read_json(folder / "predictions.jsonl", lines=True)
@@ -327,6 +327,13 @@ def test_a_study_b_run_is_cached_and_evaluated_at_each_checkpoint(tiny_dir, smal
                                                                         ((2, "zero-shot"), 8)]
     att = pd.read_json(folder / "attention.jsonl", lines=True)
     assert len(att) == 3 and att.subject_share.between(0, 1).all()
+    # The subject swap at the final checkpoint: the answers it compares are that checkpoint's zero-shot answers.
+    swap = pd.read_json(folder / "swap.jsonl", lines=True)
+    assert len(swap) == items.swap_prompt.notna().sum() > 0 and set(swap.epoch) == {2}
+    final = preds[(preds.epoch == 2) & (preds.prompt == "zero-shot")].set_index("fact_id").prediction
+    assert all(final[f].split("\n", 1)[0] == p for f, p in zip(swap.fact_id, swap.prediction))
+    scored = swap.logp.notna()
+    assert (swap.logp[scored] < 0).all() and np.allclose(swap.logp_change[scored], (swap.swap_logp - swap.logp)[scored])
     again = study_b.compute.run(track, small_world.folder.name, pool, items, list(items.prompt), qa, "unknown", 0, cfg,
                                  GroupConfig())
     assert again == folder and not list((tmp_path / "runs").glob("*.partial-*"))
@@ -389,7 +396,8 @@ def test_theory_halves_split_the_pool_by_salience_within_each_relation():
 def test_theory_claims_have_every_column_and_two_seeds():
     rows = pd.concat([theory.run_seed(THEORY, s) for s in THEORY.seeds], ignore_index=True)
     claims = theory.claims(rows)
-    assert list(claims.claim) == ["B1", "B2", "B3"] and (claims.n_seeds == 2).all() and (claims.n_items == 96).all()
+    assert list(claims.claim) == ["B1", "B2", "B3", "B3-swap"] and (claims.n_seeds == 2).all()
+    assert (claims.n_items == 96).all() and (claims.n_bases == 2).all()  # each seed its own world and model
     assert (claims.ci_low <= claims.effect).all() and (claims.effect <= claims.ci_high).all()
     assert set(claims.verdict) <= set(findings.VERDICTS)
     summary = theory.summarize(rows)
@@ -456,3 +464,32 @@ def test_every_committed_tiny_claim_resamples_three_or_more_pretrained_bases():
     tiny = table[table.track == "tiny"]
     assert len(tiny) == 8 and (tiny.n_bases >= 3).all(), tiny[["claim", "n_bases"]].to_string()
     assert tiny.base_share.dropna().between(0, 1).all()
+
+
+def test_the_subject_swap_asks_about_another_subject_of_the_relation_with_another_answer():
+    items = pd.DataFrame({"fact_id": range(6), "subject": ["Ann", "Bob", "Cy", "Dee", "Eve", "Fay"],
+                          "relation": ["r1"] * 4 + ["r2"] * 2, "answer": ["x", "x", "y", "z", "u", "u"],
+                          "prompt": ["Where was Ann born?", "Where was Bob born?", "Where was Cy born?",
+                                     "Where was Dee born?", "Eve works for", "Which firm?"]})
+    items["aliases"] = items.answer.map(lambda a: [a])
+    swapped = study_b.design.subject_swaps(items, 0)
+    r1 = swapped[swapped.relation == "r1"]
+    assert r1.swap_subject.notna().all() and (r1.swap_subject != r1.subject).all()
+    gold = dict(zip(items.subject, items.answer))
+    assert all(gold[p] != a for p, a in zip(r1.swap_subject, r1.answer))  # never a subject with the same answer
+    assert all(q == p.replace(s, o) for q, p, s, o in zip(r1.swap_prompt, r1.prompt, r1.subject, r1.swap_subject))
+    # r2: both subjects share the answer (no partner), and one prompt does not name its subject
+    assert swapped[swapped.relation == "r2"].swap_prompt.isna().all()
+    assert swapped.equals(study_b.design.subject_swaps(items, 0))
+
+
+def test_the_theory_models_subject_swap_reads_zero_when_the_subject_is_not_swapped():
+    world, emb = theory.make_world(THEORY, 0)
+    model = theory.OneLayerAttention(emb, torch.as_tensor(world.answer_ids), torch.Generator().manual_seed(0))
+    theory.pretrain(model, world, THEORY, 0)
+    _, test = theory.split(world, THEORY, 0)
+    same = theory.measure(model, world, test.assign(swap_subject=test.subject))
+    assert same.swap_unchanged.all() and np.allclose(same.swap_logp_change, 0)
+    partners = theory.swap_partners(test, 0)
+    other = theory.measure(model, world, test.assign(swap_subject=partners))
+    assert (partners != test.subject.to_numpy()).mean() > 0.9 and not other.swap_unchanged.all()

@@ -52,6 +52,8 @@ CLAIMS = {
     "B2": "finetuning on the better-known half matches or beats finetuning on the whole set",
     "B3": "finetuning on lesser-known facts moves attention off the subject, so the model falls back on a "
           "generic answer",
+    "B3-swap": "B3, read causally: after finetuning on lesser-known facts the model ignores the subject's name, "
+               "so its answer changes less when the subject is swapped for another",
 }
 # mean_a / mean_b: the two conditions' means, in the order of the metric's "a minus b" (NaN for a
 # one-sample effect), so that a row shows when both sat at a ceiling (e.g. 1.000 against 0.994).

@@ -34,9 +34,10 @@ Z95 = 1.959964
 # The effect each claim's design should be able to see. Study B's abstract gives B1 as 5-10 points (the
 # smaller end is the target) and B2's margin is the 3 points of findings.B2_MARGIN. Study A publishes no
 # per-cell numbers (RESEARCH.md): "far better", "harder", "struggle" are read as at least 10 points, A5's
-# equivalence margin is 10 points, and B3's attention share is asked to move 5 points (its paper gives a
-# proof, not a size).
-PAPER_EFFECT = {"A1": 0.10, "A2": 0.10, "A3": 0.10, "A4": 0.10, "A5": 0.10, "B1": 0.05, "B2": 0.03, "B3": 0.05}
+# equivalence margin is 10 points, and B3's attention share and its subject-swap answer rate are asked to
+# move 5 points (its paper gives a proof, not a size).
+PAPER_EFFECT = {"A1": 0.10, "A2": 0.10, "A3": 0.10, "A4": 0.10, "A5": 0.10, "B1": 0.05, "B2": 0.03, "B3": 0.05,
+                "B3-swap": 0.05}
 MAX_SEEDS = 1000   # beyond this a plan is reported as unreachable by seeds alone
 
 

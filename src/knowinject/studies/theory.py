@@ -160,15 +160,41 @@ def finetune(model: OneLayerAttention, world: World, facts: pd.DataFrame, cfg: T
 @torch.no_grad()
 def measure(model: OneLayerAttention, world: World, facts: pd.DataFrame) -> pd.DataFrame:
     """Per fact: correct (argmax over every answer), attention on the subject and on the relation token
-    (they sum to 1: the relation position attends to these two), generic wrong answer, salience."""
+    (they sum to 1: the relation position attends to these two), generic wrong answer, salience; where
+    ``facts`` has a ``swap_subject``, the subject swap: whether the answer stays the same when the
+    subject token is another subject's, and how far that answer's log-probability moves."""
     s = torch.tensor(facts.subject.to_numpy())
     rel = facts.relation.to_numpy()
-    logits, att = model(s, torch.as_tensor(world.relation_ids[rel]))
-    pred = world.answer_ids[logits.argmax(-1).numpy()]
+    r = torch.as_tensor(world.relation_ids[rel])
+    logits, att = model(s, r)
+    top = logits.argmax(-1)
+    pred = world.answer_ids[top.numpy()]
     correct = pred == facts.answer.to_numpy()
-    return facts.assign(correct=correct, subject_attention=att[:, 0].numpy(), relation_attention=att[:, 1].numpy(),
-                        generic=(pred == world.generic[rel]) & ~correct,
-                        salience=model.salience(s, torch.tensor(facts.answer.to_numpy())).numpy())
+    out = facts.assign(correct=correct, subject_attention=att[:, 0].numpy(), relation_attention=att[:, 1].numpy(),
+                       generic=(pred == world.generic[rel]) & ~correct,
+                       salience=model.salience(s, torch.tensor(facts.answer.to_numpy())).numpy())
+    if "swap_subject" in facts:
+        swapped, _ = model(torch.tensor(facts.swap_subject.to_numpy()), r)
+        rows = torch.arange(len(top))
+        change = swapped.log_softmax(-1)[rows, top] - logits.log_softmax(-1)[rows, top]
+        out = out.assign(swap_unchanged=(swapped.argmax(-1) == top).numpy(), swap_logp_change=change.numpy())
+    return out
+
+
+def swap_partners(test: pd.DataFrame, seed: int) -> np.ndarray:
+    """Each test fact's swap partner: the next subject in a random cycle of its relation's test facts whose
+    answer differs (so an unchanged answer is the model ignoring the subject, not a shared fact)."""
+    rng = numpy_rng(seed, "theory-subject-swap")
+    partner = test.subject.to_numpy().copy()
+    for _, g in test.groupby("relation", sort=True):
+        order = g.index[rng.permutation(len(g))]
+        for k, i in enumerate(order):
+            for step in range(1, len(order)):
+                j = order[(k + step) % len(order)]
+                if test.answer[j] != test.answer[i] and test.subject[j] != test.subject[i]:
+                    partner[test.index.get_loc(i)] = test.subject[j]
+                    break
+    return partner
 
 
 def split(world: World, cfg: TheoryConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -218,7 +244,7 @@ def run_seed(cfg: TheoryConfig, seed: int) -> pd.DataFrame:
     median = base.groupby("relation").salience.transform("median")
     test = test.assign(item=np.arange(len(test)), base_salience=base.salience.to_numpy(),
                        test_bucket=np.where(base.salience.to_numpy() >= median, "known", "unknown"),
-                       base_correct=base.correct.to_numpy())
+                       base_correct=base.correct.to_numpy(), swap_subject=swap_partners(test, seed))
     parts = [measure(model, world, test).assign(condition="base", final_loss=np.nan, n_train=0)]
     start = {k: v.clone() for k, v in model.state_dict().items()}
     for condition in CONDITIONS[1:]:
@@ -235,7 +261,8 @@ def run_all(cfg: TheoryConfig, profile: str | None = None) -> pd.DataFrame:
     def make() -> pd.DataFrame:
         return pd.concat([run_seed(cfg, s) for s in cfg.seeds], ignore_index=True)
 
-    return cached_table(paths.RUNS, "theory", {"theory": asdict(cfg), "v": 2}, make, "theory.jsonl",
+    # v3: the subject swap (B3's causal reading) measured on every test fact
+    return cached_table(paths.RUNS, "theory", {"theory": asdict(cfg), "v": 3}, make, "theory.jsonl",
                         profile=profile)
 
 
@@ -254,12 +281,15 @@ def _compute(cfg: TheoryConfig, profile: str | None) -> None:
 
 METRICS = {"correct": "accuracy on test facts", "subject_attention": "attention on the subject token",
            "relation_attention": "attention on the relation token",
-           "generic": "wrong answers equal to the relation's generic answer", "salience": "factual salience"}
+           "generic": "wrong answers equal to the relation's generic answer", "salience": "factual salience",
+           "swap_unchanged": "answer unchanged when the subject is swapped",
+           "swap_logp_change": "change in the answer's log-probability when the subject is swapped"}
 
 
 def _bounds(metric: str) -> tuple[float, float] | None:
-    """Every metric but salience (a dot product) is a rate or an attention weight, in [0, 1]."""
-    return None if metric == "salience" else (0, 1)
+    """Every metric but salience (a dot product) and the swap's log-probability change is a rate or an
+    attention weight, in [0, 1]."""
+    return None if metric in ("salience", "swap_logp_change") else (0, 1)
 
 
 def _by_seed(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -307,4 +337,11 @@ def claims(rows: pd.DataFrame, track: str = "one-layer", design: str = "main") -
     out.append(findings.row("B3", track, "attention on the subject token, known-half minus unknown-half finetune "
                             f"(generic-answer rate, unknown minus known: {eg.effect:+.3f} [{eg.ci_low:+.3f}, "
                             f"{eg.ci_high:+.3f}])", ea, verdict, design, n_bases=ea.n_seeds))
+    es = contrast(rows, "unknown", "known", "swap_unchanged")
+    el = contrast(rows, "unknown", "known", "swap_logp_change")
+    out.append(findings.row("B3-swap", track, "answer unchanged when the subject token is swapped for another "
+                            "subject of the relation, unknown-half minus known-half finetune (change in the answer's "
+                            f"log-probability, unknown minus known: {el.effect:+.3f} [{el.ci_low:+.3f}, "
+                            f"{el.ci_high:+.3f}] nats)", es, findings.judge(es, findings.directional), design,
+                            n_bases=es.n_seeds))
     return pd.DataFrame(out)

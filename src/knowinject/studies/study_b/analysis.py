@@ -1,5 +1,6 @@
 """Study B's analysis: accuracy by condition, checkpoint, prompt and test bucket; the mechanism
-measures; and the B1-B3 claims with two-stage intervals and verdicts.
+measures (attention, generic answers, the subject swap); and the B1-B3 claims with two-stage
+intervals and verdicts.
 
 Usage: ``analysis.claims(result.preds, result.attention, cfg, "tiny")``.
 """
@@ -60,9 +61,19 @@ def contrast(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) ->
     return stats.two_stage(ya, yb, paired_items=True, bounds=(0, 1), bases=bases)  # accuracy, attention, generic rate
 
 
-def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:
-    """Attention share on the subject and the generic-answer rate, per condition and epoch."""
+def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame, swap: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Attention share on the subject and the generic-answer rate, per condition and epoch; with ``swap``,
+    how often the answer stays the same when the subject is swapped, and how far its log-probability
+    moves (swapped minus as asked)."""
     rows = []
+    for metric, col in (("answer_unchanged_on_subject_swap", "unchanged"), ("logp_change_on_subject_swap", "logp_change")):
+        if swap is None or swap.empty:
+            break
+        for (cond, epoch), g in swap.groupby(["condition", "epoch"]):
+            per_item = g.groupby("fact_id")[col].mean().dropna().astype(float)
+            m, lo, hi = stats.bootstrap_ci(per_item)
+            rows.append({"condition": cond, "epoch": epoch, "prompt": "zero-shot", "metric": metric, "mean": m,
+                         "ci_low": lo, "ci_high": hi, "n_items": len(per_item), "n_seeds": g.seed.nunique()})
     for (cond, epoch), g in att.groupby(["condition", "epoch"]):
         per_item = g.groupby("fact_id").subject_share.mean()
         m, lo, hi = stats.bootstrap_ci(per_item)
@@ -76,8 +87,10 @@ def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str, design: str = "main") -> pd.DataFrame:
-    """The B1-B3 rows of the findings table for one track (zero-shot, last checkpoint, all test facts)."""
+def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str, design: str = "main",
+           swap: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The B1-B3 rows of the findings table for one track (zero-shot, last checkpoint, all test facts), and
+    B3's causal reading from ``swap`` (:func:`swap_claim`)."""
     last = cfg.epochs
     rows = []
     e = contrast(preds, "known", "unknown", epoch=last, prompt="zero-shot")
@@ -92,4 +105,33 @@ def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str
     rows.append(findings.row("B3", track, "subject share of attention from the answer position, known-half minus "
                              f"unknown-half finetune (generic-answer rate, unknown minus known: {eg.effect:+.3f} "
                              f"[{eg.ci_low:+.3f}, {eg.ci_high:+.3f}])", ea, verdict, design))
+    rows.append(swap_claim(swap if swap is not None else pd.DataFrame(), last, track, design))
     return pd.DataFrame(rows)
+
+
+def swap_claim(swap: pd.DataFrame, epoch: int, track: str, design: str = "main") -> dict:
+    """B3 measured by what it claims: each test question asked again with its subject swapped for another
+    of the same relation. A model that ignores the subject's name keeps its answer, so B3 predicts the
+    unknown-half finetune keeps it more often than the known-half one (unknown minus known > 0). The
+    change in the original answer's log-probability is reported beside it (unknown minus known > 0: it
+    moves less). Both with the two-stage interval; the verdict is the answer rate's."""
+    if swap.empty:
+        e = el = stats.Effect.empty()
+    else:
+        d = swap.assign(unchanged=swap.unchanged.astype(float))
+        e = contrast(d, "unknown", "known", value="unchanged", epoch=epoch)
+        el = _logp_contrast(d[d.logp_change.notna()], epoch)
+    return findings.row("B3-swap", track, "answer unchanged when the subject is swapped for another of the same "
+                        "relation, unknown-half minus known-half finetune (change in the answer's log-probability, "
+                        f"unknown minus known: {el.effect:+.3f} [{el.ci_low:+.3f}, {el.ci_high:+.3f}] nats)", e,
+                        findings.judge(e, findings.directional), design)
+
+
+def _logp_contrast(d: pd.DataFrame, epoch: int) -> stats.Effect:
+    """The log-probability change, unknown minus known (unbounded: no truncation)."""
+    d = d[d.epoch == epoch]
+    ya = stats.runs_by_items(d[d.condition == "unknown"], "logp_change", "seed", "fact_id")
+    yb = stats.runs_by_items(d[d.condition == "known"], "logp_change", "seed", "fact_id")
+    if ya.empty or yb.empty:
+        return stats.Effect.empty()
+    return stats.two_stage(ya, yb, paired_items=True, bases=stats.bases_of(d[d.condition.isin(["unknown", "known"])]))

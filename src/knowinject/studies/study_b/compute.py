@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from knowinject.core import executor, paths, runs
@@ -29,7 +30,16 @@ from knowinject.train.tracks import load_base
 from knowinject.eval import evaluate, mechanism, scoring
 from knowinject.eval.knownness import KnownnessConfig
 
-from knowinject.studies.study_b.design import StudyBConfig, all_jobs, candidates, condition_facts, qa_examples, split, test_items
+from knowinject.studies.study_b.design import (
+    StudyBConfig,
+    all_jobs,
+    candidates,
+    condition_facts,
+    qa_examples,
+    split,
+    subject_swaps,
+    test_items,
+)
 
 from knowinject import stats
 
@@ -43,11 +53,39 @@ def answer_questions(model, tok, items: pd.DataFrame, prompts: list[str], routes
                          "contains": [scoring.contains_match(p, a) for p, a in zip(preds, items.aliases)]})
 
 
+def subject_swap(model, tok, items: pd.DataFrame, original: list[str], routes=None) -> pd.DataFrame:
+    """B3's causal reading for one pass over the model: each question with a subject swap
+    (:func:`.design.subject_swaps`) asked again about the other subject, zero-shot. ``original``: this
+    model's zero-shot answers to the questions as asked (one per row of ``items``). Per question: whether
+    the answer stayed the same (normalised first lines), and how much the original answer's
+    log-probability moved (swapped minus original question; near 0: the name made no difference)."""
+    keep = [i for i, q in enumerate(items.swap_prompt) if isinstance(q, str)]
+    rows = items.iloc[keep]
+    answers = [original[i].split("\n", 1)[0] for i in keep]  # as generated, cut at the first line
+    r = [routes[i] for i in keep] if routes is not None else None
+    swapped = evaluate.generate(model, tok, list(rows.swap_prompt), batch_size=64, routes=r)
+    scored = [k for k, a in enumerate(answers) if scoring.first_line(a)]  # an empty answer has no log-probability
+    lp = {"as_asked": np.full(len(keep), np.nan), "swapped": np.full(len(keep), np.nan)}
+    for name, prompts in (("as_asked", rows.prompt), ("swapped", rows.swap_prompt)):
+        if scored:
+            lp[name][scored] = evaluate.continuation_logprobs(
+                model, tok, [list(prompts)[k] for k in scored], [answers[k] for k in scored], batch_size=64,
+                routes=[r[k] for k in scored] if r is not None else None)
+    norm = [scoring.normalize_answer(scoring.first_line(a)) for a in answers]
+    return pd.DataFrame({"fact_id": rows.fact_id.values, "swap_subject": rows.swap_subject.values,
+                         "prediction": answers, "swap_prediction": swapped,
+                         "unchanged": [n == scoring.normalize_answer(scoring.first_line(w)) for n, w in zip(norm, swapped)],
+                         "logp": lp["as_asked"], "swap_logp": lp["swapped"],
+                         "logp_change": lp["swapped"] - lp["as_asked"]})
+
+
 def evaluate_models(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int,
-                    members: list[tuple[int | None, int, bool]]) -> list[tuple[pd.DataFrame, pd.DataFrame | None]]:
-    """Zero-shot answers of every member; few-shot answers and attention of the ``final`` ones. Members are
-    (adapter slot or None, epoch, final): all of them in one pass over the model (slots route each
-    member's rows through its adapter, :mod:`knowinject.train.grouped`; ``None``: the model as it is)."""
+                    members: list[tuple[int | None, int, bool]]) -> list[tuple[pd.DataFrame, pd.DataFrame | None,
+                                                                             pd.DataFrame | None]]:
+    """Zero-shot answers of every member; few-shot answers, attention and the subject swap of the
+    ``final`` ones. Members are (adapter slot or None, epoch, final): all of them in one pass over the
+    model (slots route each member's rows through its adapter, :mod:`knowinject.train.grouped`; ``None``:
+    the model as it is)."""
     n = len(items)
     routed = any(slot is not None for slot, _, _ in members)
 
@@ -63,24 +101,32 @@ def evaluate_models(model, tok, items: pd.DataFrame, few_shot: list[str], n_atte
     att = (mechanism.attention_to_subject(model, tok, pd.concat([items.iloc[:n_attention]] * len(final), ignore_index=True),
                                           [slot for slot, _, _ in final for _ in range(min(n, n_attention))] if routed else None)
            if final else None)
+    swap = None
+    if final and "swap_prompt" in items:
+        at = [k for k, m in enumerate(members) if m[2]]
+        original = [p for k in at for p in zero.prediction.iloc[k * n:(k + 1) * n]]
+        swap = subject_swap(model, tok, tiled(final), original, routes(final))
+    n_swap = int(items.swap_prompt.map(lambda q: isinstance(q, str)).sum()) if swap is not None else 0
     out, f = [], 0
     for k, (_, epoch, is_final) in enumerate(members):
         parts = [zero.iloc[k * n:(k + 1) * n].assign(prompt="zero-shot")]
-        a = None
+        a = sw = None
         if is_final:
             parts.append(few.iloc[f * n:(f + 1) * n].assign(prompt="few-shot"))
             m = min(n, n_attention)
             a = att.iloc[f * m:(f + 1) * m].drop(columns="subject_attention_by_layer").reset_index(drop=True)
             a["fact_id"] = items.fact_id.values[:n_attention]
             a["epoch"] = epoch
+            if swap is not None:  # each final member's questions with a swap, in the same order
+                sw = swap.iloc[f * n_swap:(f + 1) * n_swap].reset_index(drop=True).assign(epoch=epoch)
             f += 1
-        out.append((pd.concat(parts, ignore_index=True).assign(epoch=epoch), a))
+        out.append((pd.concat(parts, ignore_index=True).assign(epoch=epoch), a, sw))
     return out
 
 
 def evaluate_model(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int, epoch: int,
-                   final: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Zero-shot answers at every checkpoint; few-shot answers and attention at the final one."""
+                   final: bool) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+    """Zero-shot answers at every checkpoint; few-shot answers, attention and the subject swap at the final one."""
     return evaluate_models(model, tok, items, few_shot, n_attention, [(None, epoch, final)])[0]
 
 
@@ -89,7 +135,9 @@ def run_key(track, world_name: str, items: pd.DataFrame, train: pd.DataFrame, co
     """What a run's folder is hashed from (how runs were grouped for training is not part of it)."""
     return {"study": "B", "track": track.key, "world": world_name, "cfg": cfg.run_key(), "condition": condition,
             "seed": seed if condition != "base" else None, "train": sorted(train.fact_id),
-            "test": sorted(items.item_id), "n_attention": cfg.n_attention}
+            "test": sorted(items.item_id), "n_attention": cfg.n_attention,
+            # v2: the final checkpoint also asks every test question about a swapped subject (B3's causal reading)
+            "eval": "v2-subject-swap"}
 
 
 @dataclass(frozen=True)
@@ -145,6 +193,16 @@ def plan_jobs(track, design: Design, jobs: list[tuple[str, int]], grouping: grou
                      for b, weight in batches]
 
 
+TABLES = ("predictions", "attention", "swap")  # what a run writes, one JSON Lines file each
+
+
+def _keep(tables: dict[str, list], evaluation: tuple) -> None:
+    """Add one checkpoint's (predictions, attention, swap) to a run's tables (the last two: final only)."""
+    for name, part in zip(TABLES, evaluation):
+        if part is not None:
+            tables[name].append(part)
+
+
 def _compute_batch(track, design: Design, profile: str | None, grouping: grouped.GroupConfig,
                    jobs: list[tuple[str, int]]) -> None:  # a task of :func:`plan_jobs`, run in a worker
     """Compute a batch of runs in this worker: LoRA runs side by side, their checkpoints evaluated together
@@ -156,59 +214,55 @@ def _compute_batch(track, design: Design, profile: str | None, grouping: grouped
         model, tok = load_base(track)
         todo = batch.todo
         if jobs[todo[0]][0] == "base":  # the base alone (run_jobs puts it in a batch of its own)
-            (p, a), = evaluate_models(model, tok, items, few_shot, cfg.n_attention, [(None, 0, True)])
-            _write_run(batch.tmp(todo[0]), jobs[todo[0]], [p], [a], None, 0)
+            tables = {name: [] for name in TABLES}
+            _keep(tables, evaluate_models(model, tok, items, few_shot, cfg.n_attention, [(None, 0, True)])[0])
+            _write_run(batch.tmp(todo[0]), jobs[todo[0]], tables, None, 0)
             batch.finish(todo[0])
             todo = todo[1:]
         train = {i: design.train_facts(*jobs[i]) for i in todo}
         data = {i: qa_examples(train[i], design.qa, jobs[i][1]) for i in todo}
         settings = {i: track.finetune_config(cfg.epochs, jobs[i][1]) for i in todo}
         if todo and grouped.concurrent(track.method, grouping):
-            preds: dict[int, list] = {i: [] for i in todo}
-            atts: dict[int, list] = {i: [] for i in todo}
+            kept = {i: {name: [] for name in TABLES} for i in todo}
             group = [grouped.Job(data[i], settings[i], tuple(cfg.checkpoints)) for i in todo]
 
             def evaluate_checkpoints(m, checkpoints):
                 members = [(c.slot, c.epoch, c.epoch == cfg.epochs) for c in checkpoints]
-                for c, (p, a) in zip(checkpoints, evaluate_models(m, tok, items, few_shot, cfg.n_attention, members)):
+                for c, evaluation in zip(checkpoints, evaluate_models(m, tok, items, few_shot, cfg.n_attention, members)):
                     i = todo[c.job]
-                    preds[i].append(p)
-                    if a is not None:
-                        atts[i].append(a)
+                    _keep(kept[i], evaluation)
                     if c.final:
-                        _write_run(batch.tmp(i), jobs[i], preds[i], atts[i], c.result, len(train[i]))
+                        _write_run(batch.tmp(i), jobs[i], kept[i], c.result, len(train[i]))
                         batch.finish(i)
 
             grouped.train(model, tok, group, evaluate_checkpoints, grouping)
             return
         for i in todo:
             model, tok = load_base(track)  # a full finetune changes the model: a fresh base for every run
-            preds, atts = [], []
+            tables = {name: [] for name in TABLES}
 
-            def checkpoint(epoch, m, preds=preds, atts=atts, tok=tok):
+            def checkpoint(epoch, m, tables=tables, tok=tok):
                 if epoch in cfg.checkpoints:
-                    p, a = evaluate_model(m, tok, items, few_shot, cfg.n_attention, epoch, final=epoch == cfg.epochs)
-                    preds.append(p)
-                    if a is not None:
-                        atts.append(a)
+                    _keep(tables, evaluate_model(m, tok, items, few_shot, cfg.n_attention, epoch, final=epoch == cfg.epochs))
 
             _, result = finetune(model, tok, data[i], settings[i], progress=False, on_epoch_end=checkpoint)
-            _write_run(batch.tmp(i), jobs[i], preds, atts, result, len(train[i]))
+            _write_run(batch.tmp(i), jobs[i], tables, result, len(train[i]))
             batch.finish(i)
 
 
-def _write_run(tmp: Path, job: tuple[str, int], preds: list, atts: list, result, n_train: int) -> None:
+def _write_run(tmp: Path, job: tuple[str, int], tables: dict[str, list], result, n_train: int) -> None:
     condition, seed = job
     if result is not None:
         result.log.to_csv(tmp / "loss_log.csv", index=False)
         (tmp / "train_summary.json").write_text(json.dumps({"n_train": n_train, **result.summary()}, indent=2))
-    write_jsonl(pd.concat(preds, ignore_index=True).assign(condition=condition, seed=seed), tmp / "predictions.jsonl")
-    write_jsonl(pd.concat(atts, ignore_index=True).assign(condition=condition, seed=seed), tmp / "attention.jsonl")
+    for name, parts in tables.items():
+        if parts:
+            write_jsonl(pd.concat(parts, ignore_index=True).assign(condition=condition, seed=seed), tmp / f"{name}.jsonl")
 
 
 def make_design(track, world, pool, test, qa, cfg: StudyBConfig) -> Design:
     """The test questions (on phrasings the track never trains on), their few-shot prompts, and the pool."""
-    items = test_items(test, qa, track.unseen_phrasing, cfg.data_seed)
+    items = subject_swaps(test_items(test, qa, track.unseen_phrasing, cfg.data_seed), cfg.data_seed)
     pool_qa = qa[qa.fact_id.isin(pool.fact_id) & (qa.template_split == "train")]
     few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
     # Training examples come from the pool's training templates only: the workers need no more of the table.
@@ -225,6 +279,7 @@ class TrackResult:
     attention: pd.DataFrame
     fit: pd.DataFrame
     seconds: float
+    swap: pd.DataFrame           # the subject swap at the final checkpoint (B3's causal reading)
 
 
 def per_base(track, cfg: StudyBConfig) -> dict:
@@ -265,24 +320,29 @@ def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: Kn
     for parts in prepared:
         results = []
         for b, (pool, test, folders, _) in parts.items():
-            preds, att, fit = collect(folders, test)
+            preds, att, fit, swap = collect(folders, test)
             tag = {stats.BASE: b} if b is not None and len(parts) > 1 else {}
             results.append(TrackResult(pool.assign(**tag), test.assign(**tag), folders, preds.assign(**tag),
-                                       att.assign(**tag), fit.assign(**tag), seconds))
-        out.append(results[0] if len(results) == 1 else TrackResult(
-            *(pd.concat([getattr(r, f) for r in results], ignore_index=True) for f in ("pool", "test")),
-            [f for r in results for f in r.folders],
-            *(pd.concat([getattr(r, f) for r in results], ignore_index=True) for f in ("preds", "attention", "fit")),
-            seconds))
+                                       att.assign(**tag), fit.assign(**tag), seconds, swap.assign(**tag)))
+        if len(results) == 1:
+            out.append(results[0])
+            continue
+        tables = {f: pd.concat([getattr(r, f) for r in results], ignore_index=True)
+                  for f in ("pool", "test", "preds", "attention", "fit", "swap")}
+        out.append(TrackResult(tables["pool"], tables["test"], [f for r in results for f in r.folders], tables["preds"],
+                               tables["attention"], tables["fit"], seconds, tables["swap"]))
     return out
 
 
-def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(predictions, attention, training summaries) of many runs, with the test facts' buckets joined."""
+def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(predictions, attention, training summaries, subject swaps) of many runs, with the test facts'
+    buckets joined."""
     meta = test[["fact_id", "relation", "known_bucket", "popularity_bucket", "level", "base_known"]]
     preds = pd.concat([read_jsonl(f / "predictions.jsonl") for f in folders], ignore_index=True).merge(meta, on="fact_id")
     preds["generic"] = generic_flags(preds)
     att = pd.concat([read_jsonl(f / "attention.jsonl") for f in folders], ignore_index=True)
+    swaps = [read_jsonl(f / "swap.jsonl") for f in folders if (f / "swap.jsonl").exists()]
+    swap = pd.concat(swaps, ignore_index=True).merge(meta, on="fact_id") if swaps else pd.DataFrame()
     fits = []
     for f in folders:
         if (f / "train_summary.json").exists():
@@ -292,7 +352,7 @@ def collect(folders: list[Path], test: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
                          **{f"loss_epoch_{i + 1}": v for i, v in enumerate(s["epoch_loss"])},
                          "seconds": s["seconds"], "tokens_per_s": s["tokens_per_s"],
                          "group_runs": s.get("group_runs", 1.0)})  # runs that shared its steps (and seconds)
-    return preds, att, pd.DataFrame(fits)
+    return preds, att, pd.DataFrame(fits), swap
 
 
 def generic_flags(preds: pd.DataFrame) -> pd.Series:

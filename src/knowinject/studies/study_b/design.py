@@ -31,6 +31,7 @@ from knowinject.data.world import exposure_buckets
 from knowinject.train import models
 
 from knowinject.eval import evaluate, knownness
+from knowinject.eval.scoring import normalize_answer
 from knowinject.eval.storage import stored_knowledge_run
 
 SPLITS = {"knownness": ("known", "unknown"), "popularity": ("popular", "unpopular")}
@@ -240,6 +241,30 @@ def test_items(test: pd.DataFrame, qa: pd.DataFrame, phrasing: str, seed: int) -
         rows.append({"item_id": r.item_id, "fact_id": f.fact_id, "subject": f.subject, "relation": f.relation,
                      "question": r.question, "prompt": r.prompt, "answer": f.value, "aliases": list(f.aliases)})
     return pd.DataFrame(rows)
+
+
+def subject_swaps(items: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """B3's causal reading: every test question asked again about another test subject of the same
+    relation (``swap_subject``, ``swap_prompt``). B3 says a model finetuned on lesser-known facts ignores
+    the subject's name, so its answer should change less when the name does. The partner is the next
+    subject in a random cycle of the relation's test questions whose gold answer differs from this one's
+    (an unchanged answer is then not a shared fact); no partner, or a prompt that does not spell the
+    subject out, leaves the question without a swap (NaN)."""
+    rng = numpy_rng(seed, "study-b-subject-swap")
+    partner = pd.Series(np.nan, index=items.index, dtype=object)
+    gold = {i: {normalize_answer(a) for a in aliases} for i, aliases in items.aliases.items()}
+    for _, g in items.groupby("relation", sort=True):
+        order = list(g.index[rng.permutation(len(g))])
+        for k, i in enumerate(order):
+            if items.subject[i] not in items.prompt[i]:
+                continue
+            for step in range(1, len(order)):
+                j = order[(k + step) % len(order)]
+                if items.subject[j] != items.subject[i] and normalize_answer(items.answer[j]) not in gold[i]:
+                    partner[i] = items.subject[j]
+                    break
+    prompts = [p.replace(s, o) if isinstance(o, str) else np.nan for p, s, o in zip(items.prompt, items.subject, partner)]
+    return items.assign(swap_subject=partner, swap_prompt=prompts)
 
 
 def all_jobs(cfg: StudyBConfig) -> list[tuple[str, int]]:
