@@ -169,8 +169,12 @@ def test_claim_seeds_add_only_the_cells_the_claims_read():
     assert {c.seed for c in added} == {1} and added == set(study_a.design.claim_cells(more, 1))
     assert not [c for c in added if c.format == "conv" or c.subject == "style"]
     assert study_a.design.Cell("people", "qa", 4, 2, multistep=True, seed=1) in added
-    with pytest.raises(ConfigError, match="multistep_quantity"):
-        study_a.design.StudyAConfig(quantities=(2, 4), quantity=2, multistep_quantity=3)
+    with pytest.raises(ConfigError, match="multistep_quantity must be >= 0"):
+        study_a.design.StudyAConfig(quantities=(2, 4), quantity=2, multistep_quantity=-1)
+    # A multi-step cell larger than every quantity level: the base evaluation covers its people too.
+    wide = study_a.design.StudyAConfig(**{**CFG_A.__dict__, "multistep_quantity": 6})
+    assert study_a.design.Cell("people", "qa", 6, 2, multistep=True, seed=0) in study_a.design.grid(wide)
+    assert study_a.design.base_cells(wide)[0].quantity == 6
 
 
 def test_study_a_config_errors_say_what_to_fix():

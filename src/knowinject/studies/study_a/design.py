@@ -80,9 +80,11 @@ class StudyAConfig:
         bad = [s for s in self.styles if s not in STYLES]
         require(not bad, f"StudyAConfig.styles: unknown {bad}; valid: {', '.join(STYLES)}")
         require(len(self.seeds) >= 1, "StudyAConfig.seeds must list at least one seed")
-        require(self.multistep_quantity == 0 or self.multistep_quantity in self.quantities,
-                f"StudyAConfig.multistep_quantity ({self.multistep_quantity}) must be 0 or one of quantities "
-                f"{self.quantities}, so the same people are also trained without 2-hop examples")
+        # The multi-step cell may hold more people than any quantity level: A3 compares first hops with
+        # 2-hop questions inside the same runs, so it needs no twin trained without 2-hop examples, and
+        # its items grow with its people (the base evaluation covers them, base_cells).
+        require(self.multistep_quantity >= 0, f"StudyAConfig.multistep_quantity must be >= 0 (0: the central "
+                f"quantity), got {self.multistep_quantity}")
 
     @property
     def ms_quantity(self) -> int:
@@ -262,7 +264,7 @@ def training_examples(cell: Cell, inp: Inputs, cfg: StudyAConfig) -> list[dict]:
 
 def base_cells(cfg: StudyAConfig) -> list[Cell]:
     """The base model, evaluated on every subject's items (the "before" row of every comparison)."""
-    q = max(cfg.quantities)
+    q = max(*cfg.quantities, cfg.ms_quantity)
     return ([Cell("people", "base", q, 0), Cell("events", "base", cfg.n_events, 0), Cell("style", "base", 1, 0)]
             + [Cell("persona", "base", 1, 0, persona=k) for k in range(cfg.n_personas)])
 
