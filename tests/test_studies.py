@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from knowinject.core import paths
+from knowinject.core import paths, runs
 from knowinject.core.config import ConfigError
 
 from knowinject.data import world
@@ -437,6 +437,24 @@ def test_seed_s_finetunes_base_s_mod_k_and_each_base_keeps_its_seeds():
     with pytest.raises(ValueError, match=r"bases \[1\] get only claim_seeds"):
         study_a.compute.per_base(tr, replace(CFG_A, seeds=(0,), claim_seeds=(1,)))
     assert study_b.compute.per_base("one", CFG_A) == {None: ("one", CFG_A)}
+
+
+def test_each_pretrained_base_keys_its_own_runs(tmp_path):
+    """The tiny model's folder is ``model`` in every pretraining run: a run's key must name the run (the
+    pretraining's hash), or the K bases share their base evaluations (seed None) and a re-pretrained
+    model is served another model's cached runs."""
+    made = {}
+    for name in ("tiny-0000000001", "tiny-0000000002"):
+        (tmp_path / name / "model").mkdir(parents=True)
+        made[name] = tracks.Track("tiny", str(tmp_path / name / "model"), "full", 1e-3, 8, "fp32")
+    a, b = made.values()
+    assert a.key["model"] == "tiny-0000000001" and a.key != b.key
+    cfg = study_b.design.StudyBConfig()
+    items = pd.DataFrame({"item_id": ["f1-t0"]})
+    keys = [study_b.compute.run_key(t, "w", items, pd.DataFrame({"fact_id": []}), "base", None, cfg) for t in (a, b)]
+    assert runs.run_id("study-b-tiny-base", keys[0]) != runs.run_id("study-b-tiny-base", keys[1])
+    (tmp_path / "my-llama").mkdir()  # any other local folder is still named by itself
+    assert tracks.Track("smollm2", str(tmp_path / "my-llama"), "lora", 1e-3, 8, "fp32").key["model"] == "my-llama"
 
 
 def test_claims_over_several_bases_resample_the_bases_and_count_them():
