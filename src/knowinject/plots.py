@@ -52,8 +52,8 @@ def _show_figures_as_png() -> None:
 _show_figures_as_png()
 
 
-def save(fig, name: str, profile: str, model_slug: str | None = None) -> list[str]:
-    out = paths.figures_dir(profile, model_slug)
+def save(fig, name: str, profile: str, model_slug: str | None = None, facts_slug: str | None = None) -> list[str]:
+    out = paths.figures_dir(profile, model_slug, facts_slug)
     files = []
     for ext in ("png", "pdf"):
         path = out / f"{name}.{ext}"

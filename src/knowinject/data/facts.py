@@ -82,12 +82,28 @@ def load(path: str | Path, format: str | None = None) -> pd.DataFrame:
     return _validate(table, path)
 
 
+# Folder names that say where a benchmark keeps a split, not which benchmark it is (EntityQuestions'
+# dataset/test, MMLU's data/test): a slug climbs past them to the first name that does.
+GENERIC = {"test", "dev", "val", "train", "data", "dataset", "datasets"}
+
+
 def slug(path: str | Path) -> str:
-    """A folder name for a fact set's results: its file or folder name, lower-case, safe characters."""
-    stem = Path(path).name.lower()
+    """A folder name for a fact set's results: its file or folder name, lower-case, safe characters; a
+    folder named like a split (``EntityQuestions/dataset/test``) with the names above it up to the first
+    that is not (``entityquestions-dataset-test``), so two benchmarks' test folders do not share one."""
+    path = Path(path).expanduser()
+    stem = path.name.lower()
     for ext in (".jsonl", ".json", ".csv", ".tsv"):
         stem = stem.removesuffix(ext)
-    return re.sub(r"[^a-z0-9]+", "-", stem).strip("-") or "facts"
+    parts = [stem]
+    if path.suffix == "" and stem in GENERIC:
+        for parent in path.resolve().parents:
+            if not parent.name:
+                break
+            parts.insert(0, parent.name.lower())
+            if parent.name.lower() not in GENERIC:
+                break
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts)).strip("-") or "facts"
 
 
 # --- readers ---------------------------------------------------------------------------------------------

@@ -237,18 +237,19 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(table: pd.DataFrame, profile: str, model_slug: str | None = None) -> pd.DataFrame:
-    """``findings.csv`` and ``findings.md`` in the profile's (and model's, by its slug) results folder, rows in
-    claim order."""
+def write(table: pd.DataFrame, profile: str, model_slug: str | None = None, facts_slug: str | None = None) -> pd.DataFrame:
+    """``findings.csv`` and ``findings.md`` in the profile's (and model's, by its slug; and a fact set's of one's
+    own, by its slug) results folder, rows in claim order."""
     missing = [c for c in COLUMNS if c not in table]
     if missing:
         raise ValueError(f"findings table lacks columns {missing}")
     order = {t: f"{i}" for i, t in enumerate(TRACK_ORDER)}
     table = table[COLUMNS].sort_values(["claim", "track"], key=lambda s: s.map(lambda v: order.get(v, f"9{v}")
                                        if s.name == "track" else str(v))).reset_index(drop=True)
-    out = paths.results_dir(profile, model_slug)
-    save_table(table, out / "findings.csv", profile=profile, made_from=["study_a_claims.csv", "study_b_claims.csv"],
-               **({"model": model_slug} if model_slug else {}))
+    out = paths.results_dir(profile, model_slug, facts_slug)
+    save_table(table, out / "findings.csv", profile=profile,
+               made_from=["study_b_claims.csv"] if facts_slug else ["study_a_claims.csv", "study_b_claims.csv"],
+               **({"model": model_slug} if model_slug else {}), **({"facts": facts_slug} if facts_slug else {}))
     (out / "findings.md").write_text(markdown(table))
     return table
 

@@ -30,9 +30,11 @@ from knowinject.data.world import exposure_buckets
 
 from knowinject.train import models
 
-from knowinject.eval import evaluate, knownness
+from knowinject.eval import curate, evaluate, knownness
 from knowinject.eval.scoring import normalize_answer
 from knowinject.eval.storage import stored_knowledge_run
+
+from knowinject.studies.study_b.factset import FactSet
 
 SPLITS = {"knownness": ("known", "unknown"), "popularity": ("popular", "unpopular")}
 CONDITIONS = ("known", "unknown", "random", "whole", "popular", "unpopular")
@@ -103,9 +105,26 @@ COLUMNS = ["fact_id", "subject", "relation", "kind", "value", "aliases", "popula
            "base_known"]
 
 
+def fact_candidates(scored: pd.DataFrame, relations) -> pd.DataFrame:
+    """A fact table's facts with the base model's knownness (the curation tool's scores, notebook 03's
+    measure) and, where the table has one, its popularity; levels are popularity quintiles within each
+    relation when every fact has a popularity, else one level ("all")."""
+    t = scored[scored.relation.isin(relations)].copy()
+    n_sets = int(t.greedy_hits.max()) if len(t) and t.greedy_hits.max() > 0 else 1
+    t["kind"], t["value"] = "fact", t.answer
+    t["aliases"] = [[a, *al] for a, al in zip(t.answer, t.aliases)]
+    t["known_score"] = knownness_score(t.greedy_hits / n_sets, t.gold_prob)
+    t["base_known"] = t.few_shot_em.astype(bool)
+    t["popularity"] = t.popularity.astype(float)
+    t["level"] = popularity_quintiles(t)
+    return t[COLUMNS].reset_index(drop=True)
+
+
 def popularity_quintiles(t: pd.DataFrame) -> pd.Series:
-    """Population quintile of each real-world fact's subject within its relation (Q1 = least popular)."""
-    return knownness.popularity_buckets(t, 5) if len(t) >= 5 * t.relation.nunique() else pd.Series("all", index=t.index)
+    """Population quintile of each real-world fact's subject within its relation (Q1 = least popular); one
+    level ("all") where a relation has fewer than five facts or a fact has no popularity."""
+    usable = len(t) and t.popularity.notna().all() and t.groupby("relation").size().min() >= 5
+    return knownness.popularity_buckets(t, 5) if usable else pd.Series("all", index=t.index)
 
 
 def tiny_candidates(model, tokenizer, facts: pd.DataFrame, qa: pd.DataFrame, stored: pd.DataFrame,
@@ -134,6 +153,9 @@ def candidates(track, world, relations, known_cfg: knownness.KnownnessConfig, su
     it is notebook 03's cached measurement. Tiny: notebook 02's stored-knowledge table plus the gold
     answer's probability under the pretrained model.
     """
+    if isinstance(world, FactSet):  # a fact table of the user's or a benchmark's (notebook 05's facts_path)
+        world.require_qa()
+        return fact_candidates(curate.score(track.model, world.path, known_cfg, world.format, progress=False), relations)
     if track.name == "smollm2":
         table = knownness.measure_run(track.model, "realworld", world, known_cfg, profile, subset=subset)
         return smollm2_candidates(table, relations)

@@ -1,0 +1,147 @@
+"""Study B on a fact table of one's own (issue #24): notebooks 03, 05 and 06 with ``facts_path``, run through the
+pipeline's ``-p`` as ``make facts`` does, on invented facts written in each published layout (PopQA's TSV, an
+EntityQuestions folder, a plain JSON Lines table) with a small random Llama. Each fact set's tables land under
+``results/smoke/<model>/<facts-slug>/``; the smoke profile's own tables stay byte for byte. A multiple-choice
+table (MMLU's layout) is scored by notebook 03 and refused by Study B with a message (its finetuning on
+answer letters is not built yet)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from knowinject.core.config import ConfigError
+
+from knowinject import pipeline
+from tests.conftest import fresh_cache
+from tests.test_own_model import _small_llama
+
+FIRST = ["Vardo", "Orla", "Halvard", "Ysolde", "Tomas", "Marta", "Per", "Ilka", "Bram", "Senna", "Odo", "Livia",
+         "Jarek", "Nadia", "Corin", "Elsa"]
+LAST = ["Keln", "Brisk", "Quist", "Varga"]
+PLACES = ["Tamsford", "Brennmoor", "Kettering Vale", "Ostrava Nova", "Lindqvist", "Harrowgate"]
+JOBS = ["cartographer", "glassblower", "astronomer", "ferryman", "luthier", "archivist"]
+
+
+def _people(n: int) -> list[str]:
+    return [f"{FIRST[i % len(FIRST)]} {LAST[i // len(FIRST)]}" for i in range(n)]
+
+
+def write_popqa(path: Path, n: int = 24) -> Path:
+    """PopQA's TSV as published (every column, ``possible_answers`` a JSON list), invented rows."""
+    cols = ["id", "subj", "prop", "obj", "subj_id", "prop_id", "obj_id", "s_aliases", "o_aliases", "s_uri", "o_uri",
+            "s_wiki_title", "o_wiki_title", "s_pop", "o_pop", "question", "possible_answers"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(cols)
+        for i, who in enumerate(_people(n)):
+            prop, obj, q = (("occupation", JOBS[i % 6], f"What is {who}'s occupation?") if i % 2 == 0 else
+                            ("place of birth", PLACES[i % 6], f"In what city was {who} born?"))
+            w.writerow([1000 + i, who, prop, obj, 2000 + i, 22, 3000 + i, "[]", "[]", f"http://x/Q{i}", f"http://x/O{i}",
+                        who, obj, 10 * (i + 1) ** 2, 500, q, json.dumps([obj])])
+    return path
+
+
+def write_entityquestions(folder: Path, n: int = 24) -> Path:
+    """EntityQuestions' per-relation files (``dataset/test/P19.test.json``: a JSON list of question and answers)."""
+    test = folder / "dataset" / "test"
+    test.mkdir(parents=True)
+    people = _people(n)
+    (test / "P19.test.json").write_text(json.dumps(
+        [{"question": f"Where was {p} born?", "answers": [PLACES[i % 6]]} for i, p in enumerate(people[: n // 2])]))
+    (test / "P106.test.json").write_text(json.dumps(
+        [{"question": f"What kind of work does {p} do?", "answers": [JOBS[i % 6]]}
+         for i, p in enumerate(people[n // 2:])]))
+    return test
+
+
+def write_jsonl(path: Path, n: int = 24) -> Path:
+    """A fact table of one's own: a question template per relation, aliases and popularity optional."""
+    rows = []
+    for i, p in enumerate(_people(n)):
+        city = i % 2 == 1
+        rows.append({"subject": p, "relation": "workshop_city" if city else "trade",
+                     "question_template": ("Which city is {subject}'s workshop in?" if city
+                                           else "What trade does {subject} follow?"),
+                     "answer": PLACES[i % 6] if city else JOBS[i % 6], "popularity": i + 1})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _digest(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.glob("*")) if p.is_file()}
+
+
+def _pipeline(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke", *args], env=env,
+                          capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def facts_runs(smoke_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("facts")
+    data = fresh_cache(smoke_run, tmp / "data", keep_runs=True)
+    # The smoke profile's own tables, as notebooks 01-06 wrote them: a fact set must not touch them.
+    (data / "results").mkdir()
+    import shutil
+    shutil.copytree(smoke_run / "data" / "results" / "smoke", data / "results" / "smoke")
+    before = _digest(data / "results" / "smoke")
+    model = _small_llama(tmp / "Fact-Llama", data / "models" / "smollm2-135m-instruct")
+    env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp / "figures")}
+    sets = {"popqa-test": write_popqa(tmp / "popQA-test.tsv"),
+            "entityquestions-dataset-test": write_entityquestions(tmp / "entityquestions"),
+            "my-facts": write_jsonl(tmp / "my_facts.jsonl")}
+    runs = {slug: _pipeline(env, "03", "05", "06", "-p", f"facts_path={path}", "-p", f"model_name={model}")
+            for slug, path in sets.items()}
+    mmlu = Path(__file__).parent / "fixtures" / "facts" / "mmlu" / "data" / "test"
+    runs["mmlu-03"] = _pipeline(env, "03", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
+    runs["mmlu-05"] = _pipeline(env, "05", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
+    return {"data": data, "runs": runs, "before": before, "model": "fact-llama"}
+
+
+@pytest.mark.parametrize("slug", ["popqa-test", "entityquestions-dataset-test", "my-facts"])
+def test_study_b_runs_on_each_published_layout_and_files_its_tables_under_its_own_slug(facts_runs, slug):
+    r = facts_runs["runs"][slug]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / slug
+    for name in ("smollm2_knownness.csv", "smollm2_knownness.json", "study_b_claims.csv", "study_b_accuracy.csv",
+                 "study_b_mechanism.csv", "findings.csv", "power.csv"):
+        assert (own / name).exists(), name
+    claims = pd.read_csv(own / "findings.csv")
+    # The pretrained track only (the tiny and theory models know nothing of these facts), every B claim.
+    assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"} and set(claims.track) == {facts_runs["model"]}
+    prov = json.loads((own / "study_b_claims.provenance.json").read_text())
+    assert prov["configs"]["facts"]["slug"] == slug and len(prov["configs"]["facts"]["sha256"]) == 64
+    known = json.loads((own / "smollm2_knownness.json").read_text())
+    assert known["n_facts"] == 24 and sum(known["slick_counts"].values()) == 24
+
+
+def test_a_fact_set_leaves_the_profiles_own_tables_byte_for_byte(facts_runs):
+    assert _digest(facts_runs["data"] / "results" / "smoke") == facts_runs["before"]
+
+
+def test_a_multiple_choice_table_is_scored_and_refused_by_study_b_with_a_message(facts_runs):
+    r = facts_runs["runs"]["mmlu-03"]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    scored = json.loads((facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / "mmlu-data-test" /
+                         "smollm2_knownness.json").read_text())
+    assert scored["n_facts"] == 4 and 0 <= scored["known"] <= 1 and set(scored["slick_counts"]) <= {"Known", "Unknown"}
+    r = facts_runs["runs"]["mmlu-05"]
+    assert r.returncode == 2 and "multiple-choice table" in r.stderr and "not built yet" in r.stderr
+
+
+def test_pipeline_parameters_are_checked_before_anything_runs():
+    assert pipeline.parse_overrides(["facts_path=a b.jsonl", "subset=3", "replicate=False"]) == \
+        {"facts_path": "a b.jsonl", "subset": 3, "replicate": False}
+    with pytest.raises(ConfigError, match="write a parameter as NAME=VALUE"):
+        pipeline.parse_overrides(["facts_path"])
+    assert pipeline.main(["--profile", "smoke", "01", "-p", "facts_path=x.jsonl"]) == 2  # 01 declares no facts_path
