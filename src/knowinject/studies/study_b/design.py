@@ -55,10 +55,13 @@ class StudyBConfig:
     # Split subjects within each popularity level and draw the same number of test facts per
     # (relation, level), so accuracy can be read level by level (the tiny track's exposure buckets).
     stratify: bool = False
+    # Relations named by a fact table of one's own (:meth:`.factset.FactSet.design`), not the world's
+    # templates: they are whatever the file calls them, so they are not checked against RELATIONS.
+    fact_table: bool = False
 
     def __post_init__(self):
         bad = [r for r in self.relations if r not in RELATIONS]
-        require(not bad, f"StudyBConfig.relations: unknown {bad}")
+        require(self.fact_table or not bad, f"StudyBConfig.relations: unknown {bad}; valid: {', '.join(RELATIONS)}")
         require(self.half_size >= len(self.relations), "StudyBConfig.half_size must be >= the number of relations")
         require(self.n_test >= len(self.relations), "StudyBConfig.n_test must be >= the number of relations")
         require(self.checkpoints and max(self.checkpoints) == self.epochs and min(self.checkpoints) >= 1,
@@ -79,7 +82,7 @@ class StudyBConfig:
     def run_key(self) -> dict:
         """What a single run depends on (not the list of seeds or conditions)."""
         d = asdict(self)
-        for k in ("seeds", "splits", "n_attention"):
+        for k in ("seeds", "splits", "n_attention", "fact_table"):  # a fact table's runs are keyed by its file
             d.pop(k)
         return d
 

@@ -75,7 +75,7 @@ class FactSet:
         if not relations:
             raise ValueError(f"{self.path}: no relation has 4 or more facts; Study B needs a pool and a test half "
                              "of each relation's subjects")
-        return replace(cfg, relations=relations, splits=splits or ("knownness",), stratify=False)
+        return replace(cfg, relations=relations, splits=splits or ("knownness",), stratify=False, fact_table=True)
 
     def relations(self, min_facts: int = 4) -> tuple[str, ...]:
         """The relations with at least ``min_facts`` facts (fewer cannot be split into pool and test halves)."""
