@@ -58,6 +58,19 @@ def test_your_own_facts_as_json_lines_or_csv(tmp_path):
     assert facts.slug(FIX / "mmlu" / "data" / "test") == "mmlu-data-test"
 
 
+def test_your_own_multiple_choice_facts_carry_options_and_the_answers_letter(tmp_path):
+    rows = [{"subject": "Quill Harbor", "relation": "country", "question": "Which country is Quill Harbor in?",
+             "answer": "Norland", "options": ["Ostria", "Norland", "Vell", "Kadar"]},
+            {"subject": "Brindle", "relation": "country", "question": "Which country is Brindle in?",
+             "answer": "Ostria", "options": ["Ostria", "Vell"]}]
+    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    t = facts.load(tmp_path / "mc.jsonl")
+    assert list(t.answer_letter) == ["B", "A"] and t.options.iloc[1] == ["Ostria", "Vell"]
+    (tmp_path / "mc.csv").write_text("subject,relation,question,answer,options\n"
+                                     "Brindle,country,Which country is Brindle in?,Vell,Ostria|Vell|Kadar\n")
+    assert facts.load(tmp_path / "mc.csv").answer_letter.iloc[0] == "B"
+
+
 def _bad(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
@@ -79,6 +92,10 @@ def _bad(tmp_path, name, text):
     ("astro_test.csv", "Q?,a,b,c,d,E\n", r"astro_test.csv: the answer column must be a letter A-D, got 'E'"),
     ("P19.test.json", '[{"question": "Where was X born?", "answers": "Oslo"}]',
      r"P19.test.json: answers must be a non-empty list of strings"),
+    ("i.jsonl", '{"subject": "X", "relation": "r", "question": "Q?", "answer": "y", "options": ["a", "b", "c"]}\n',
+     r"i.jsonl: row 1: the answer 'y' is not one of its options \['a', 'b', 'c'\]"),
+    ("j.jsonl", '{"subject": "X", "relation": "r", "question": "Q?", "answer": "y", "options": ["y", "y"]}\n',
+     r"j.jsonl: row 1: options must be a list of 2-4 distinct strings"),
 ])
 def test_bad_input_names_the_file_and_the_problem_and_writes_nothing(tmp_path, name, text, message):
     p = _bad(tmp_path, name, text)

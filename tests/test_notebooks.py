@@ -121,10 +121,13 @@ def test_smoke_04_study_a(smoke_run):
 
 def test_smoke_05_study_b(smoke_run):
     claims = pd.read_csv(_results(smoke_run) / "study_b_claims.csv")
-    for design in ("main", "replication"):
+    for design, tracks in (("main", ("one-layer", "smollm2", "smollm2-mc", "tiny")),
+                           ("replication", ("one-layer", "smollm2", "tiny"))):
         d = claims[claims.design == design]
-        assert sorted(zip(d.claim, d.track)) == [(c, t) for c in ("B1", "B2", "B3", "B3-swap")
-                                                 for t in ("one-layer", "smollm2", "tiny")], design
+        assert sorted(zip(d.claim, d.track)) == [(c, t) for c in ("B1", "B2", "B3", "B3-swap") for t in tracks], design
+    # Study B in MMLU's form: SmolLM2 on the GeoNames facts as four-way questions, scored by the letter.
+    mc = claims[claims.track == "smollm2-mc"]
+    assert mc[mc.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
     levels = pd.read_csv(_results(smoke_run) / "study_b_by_level.csv")
     tiny = levels[(levels.track == "tiny") & (levels.condition == "base")]
     assert set(tiny["level"]) >= {"1", "2-3", "4-10"} and tiny.n_items.nunique() == 1  # stratified test set
@@ -145,7 +148,10 @@ def test_smoke_05_study_b(smoke_run):
     assert mech[mech.metric == "subject_attention_share"]["mean"].between(0, 1).all()
     # B3's causal reading: every track's final checkpoints asked their test questions about swapped subjects.
     swap = mech[mech.metric == "answer_unchanged_on_subject_swap"]
-    assert set(swap.track) == {"smollm2", "tiny"} and swap["mean"].between(0, 1).all() and (swap.n_items > 0).all()
+    assert set(swap.track) == {"smollm2", "smollm2-mc", "tiny"} and swap["mean"].between(0, 1).all() \
+        and (swap.n_items > 0).all()
+    letters = acc[(acc.track == "smollm2-mc") & (acc.condition == "base") & (acc.metric == "em")]
+    assert len(letters) and letters["mean"].between(0, 1).all()
 
 
 def test_smoke_06_figures_and_findings(smoke_run):

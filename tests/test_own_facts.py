@@ -2,8 +2,8 @@
 pipeline's ``-p`` as ``make facts`` does, on invented facts written in each published layout (PopQA's TSV, an
 EntityQuestions folder, a plain JSON Lines table) with a small random Llama. Each fact set's tables land under
 ``results/smoke/<model>/<facts-slug>/``; the smoke profile's own tables stay byte for byte. A multiple-choice
-table (MMLU's layout) is scored by notebook 03 and refused by Study B with a message (its finetuning on
-answer letters is not built yet)."""
+table in MMLU's layout is scored by notebook 03 and refused by Study B with a message (its rows name no
+entity to split by); multiple-choice facts of one's own (JSON Lines with options) run Study B in MMLU's form."""
 
 from __future__ import annotations
 
@@ -63,15 +63,19 @@ def write_entityquestions(folder: Path, n: int = 24) -> Path:
     return test
 
 
-def write_jsonl(path: Path, n: int = 24) -> Path:
-    """A fact table of one's own: a question template per relation, aliases and popularity optional."""
+def write_jsonl(path: Path, n: int = 24, choices: bool = False) -> Path:
+    """A fact table of one's own: a question template per relation, aliases and popularity optional; with
+    ``choices``, four options per fact (multiple choice, the answer among them)."""
     rows = []
     for i, p in enumerate(_people(n)):
         city = i % 2 == 1
+        values = PLACES if city else JOBS
         rows.append({"subject": p, "relation": "workshop_city" if city else "trade",
                      "question_template": ("Which city is {subject}'s workshop in?" if city
                                            else "What trade does {subject} follow?"),
-                     "answer": PLACES[i % 6] if city else JOBS[i % 6], "popularity": i + 1})
+                     "answer": values[i % 6], "popularity": i + 1,
+                     **({"options": [values[(i + k) % 6] for k in (2, 0, 3, 1)][i % 4:] +
+                                    [values[(i + k) % 6] for k in (2, 0, 3, 1)][:i % 4]} if choices else {})})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -99,7 +103,8 @@ def facts_runs(smoke_run, tmp_path_factory):
     env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp / "figures")}
     sets = {"popqa-test": write_popqa(tmp / "popQA-test.tsv"),
             "entityquestions-dataset-test": write_entityquestions(tmp / "entityquestions"),
-            "my-facts": write_jsonl(tmp / "my_facts.jsonl")}
+            "my-facts": write_jsonl(tmp / "my_facts.jsonl"),
+            "my-mc-facts": write_jsonl(tmp / "my_mc_facts.jsonl", choices=True)}
     runs = {slug: _pipeline(env, "03", "05", "06", "-p", f"facts_path={path}", "-p", f"model_name={model}")
             for slug, path in sets.items()}
     mmlu = Path(__file__).parent / "fixtures" / "facts" / "mmlu" / "data" / "test"
@@ -129,6 +134,17 @@ def test_a_fact_set_leaves_the_profiles_own_tables_byte_for_byte(facts_runs):
     assert _digest(facts_runs["data"] / "results" / "smoke") == facts_runs["before"]
 
 
+def test_your_multiple_choice_facts_run_study_b_in_mmlus_form(facts_runs):
+    r = facts_runs["runs"]["my-mc-facts"]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / "my-mc-facts"
+    claims = pd.read_csv(own / "findings.csv")
+    assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"}
+    assert claims[claims.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
+    preds = pd.read_csv(own / "study_b_accuracy.csv")
+    assert preds["mean"].between(0, 1).all()
+
+
 def test_a_multiple_choice_table_is_scored_and_refused_by_study_b_with_a_message(facts_runs):
     r = facts_runs["runs"]["mmlu-03"]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -136,7 +152,7 @@ def test_a_multiple_choice_table_is_scored_and_refused_by_study_b_with_a_message
                          "smollm2_knownness.json").read_text())
     assert scored["n_facts"] == 4 and 0 <= scored["known"] <= 1 and set(scored["slick_counts"]) <= {"Known", "Unknown"}
     r = facts_runs["runs"]["mmlu-05"]
-    assert r.returncode == 2 and "multiple-choice table" in r.stderr and "not built yet" in r.stderr
+    assert r.returncode == 2 and "MMLU's layout" in r.stderr and "cannot run on it" in r.stderr
 
 
 def test_pipeline_parameters_are_checked_before_anything_runs():

@@ -4,6 +4,7 @@ model saved to a temporary folder (resumable, evaluated at its checkpoints)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 
@@ -437,6 +438,32 @@ def test_seed_s_finetunes_base_s_mod_k_and_each_base_keeps_its_seeds():
     with pytest.raises(ValueError, match=r"bases \[1\] get only claim_seeds"):
         study_a.compute.per_base(tr, replace(CFG_A, seeds=(0,), claim_seeds=(1,)))
     assert study_b.compute.per_base("one", CFG_A) == {None: ("one", CFG_A)}
+
+
+def test_a_multiple_choice_answer_is_the_letter_ranked_first_and_trains_on_the_letter(tiny_dir, tmp_path):
+    """Study B in MMLU's form: the prediction is the option letter the model ranks first (not free generation,
+    in which "A" would read as an article), right when it is the item's letter; training writes the letter."""
+    model, tok = models.load(tiny_dir)
+    items = pd.DataFrame({"fact_id": ["f1", "f2"], "aliases": [["B"], ["A"]],
+                          "choices": [list("ABCD"), list("AB")]})
+    prompts = ["Q?\nA. x\nB. y\nC. z\nD. w\nAnswer:", "R?\nA. x\nB. y\nAnswer:"]
+    out = study_b.compute.answer_questions(model, tok, items, prompts)
+    lp = evaluate.option_logprobs(model, tok, prompts, list(items.choices))
+    assert list(out.prediction) == [" " + c[int(np.argmax(x))] for c, x in zip(items.choices, lp)]
+    assert list(out.em) == [p.strip() == a[0] for p, a in zip(out.prediction, items.aliases)]
+    preds = pd.DataFrame({"prediction": [" A", " A", " B"], "em": [False, False, True], "condition": "known",
+                          "seed": 0, "epoch": 1, "prompt": "zero-shot", "relation": "r"})
+    assert list(study_b.compute.generic_flags(preds)) == [True, True, False]  # "A" is an answer, not an article
+    rows = [{"subject": f"Town {i}", "relation": "country", "question": f"Which country is Town {i} in?",
+             "answer": "Norland", "options": ["Ostria", "Norland", "Vell", "Kadar"]} for i in range(4)]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fs = study_b.factset.FactSet(tmp_path / "mc.jsonl")
+    qa = fs.table()
+    assert fs.measure == "multiple-choice accuracy" and set(qa.answer) == {"B"} and qa.prompt.str.endswith("\nAnswer:").all()
+    assert study_b.design.qa_examples(fs.facts.assign(value="B").iloc[:1], qa, 0)[0]["completion"] == " B\n"
+    mmlu = study_b.factset.FactSet(paths.ROOT / "tests" / "fixtures" / "facts" / "mmlu" / "data" / "test")
+    with pytest.raises(ValueError, match="MMLU's layout.*cannot run on it"):
+        mmlu.require_study_b()
 
 
 def test_each_pretrained_base_keys_its_own_runs(tmp_path):

@@ -2,7 +2,9 @@
 
 A fact table has one row per fact: ``subject``, ``relation``, ``question``, ``answer``, ``aliases`` (other
 answers counted right; a list, may be empty) and ``popularity`` (NaN when unknown), plus ``fact_id``.
-Multiple-choice sets also carry ``options`` (the choices, in order) and ``answer_letter``.
+Multiple-choice sets also carry ``options`` (the choices, in order) and ``answer_letter``: MMLU's files, or
+a JSON Lines / CSV table of your own with an ``options`` column (a JSON list, or in a CSV a ``|``-separated
+string, of 2-4 choices; the ``answer`` is one of them).
 
 Accepted layouts (``format``; guessed from the path where it says):
 - ``jsonl`` / ``csv``: your own facts, one per line / row, with ``subject``, ``relation``, ``answer`` and
@@ -175,6 +177,10 @@ def _plain(path: Path, fmt: str) -> pd.DataFrame:
     out = df[["subject", "relation", "question", "answer"]].copy()
     out["aliases"] = [_aliases(a, path, "|" if fmt == "csv" else None) for a in df.get("aliases", [None] * len(df))]
     out["popularity"] = pd.to_numeric(df["popularity"], errors="coerce") if "popularity" in df else math.nan
+    if "options" in df:
+        out["options"] = [_options(o, a, path, n, "|" if fmt == "csv" else None)
+                          for n, (o, a) in enumerate(zip(df.options, df.answer), 1)]
+        out["answer_letter"] = [LETTERS[o.index(a)] for o, a in zip(out.options, out.answer)]
     if "popularity" in df:
         given = df["popularity"].map(lambda v: not (v is None or (isinstance(v, float) and math.isnan(v))
                                                     or (isinstance(v, str) and not v.strip())))
@@ -182,6 +188,18 @@ def _plain(path: Path, fmt: str) -> pd.DataFrame:
         if len(bad):
             raise FactTableError(f"{path}: row {bad.index[0] + 1}: popularity {_show(bad.iloc[0])} is not a number")
     return out
+
+
+def _options(value, answer, path: Path, row: int, sep: str | None) -> list[str]:
+    """A multiple-choice row's options: 2-4 distinct strings, the answer among them (its letter is its place)."""
+    options = _aliases(value, path, sep)
+    if not (isinstance(options, list) and 2 <= len(options) <= len(LETTERS) and all(isinstance(o, str) for o in options)
+            and len(set(options)) == len(options)):
+        raise FactTableError(f"{path}: row {row}: options must be a list of 2-{len(LETTERS)} distinct strings "
+                             f"(A-{LETTERS[-1]} in order), got {_show(value)}")
+    if answer not in options:
+        raise FactTableError(f"{path}: row {row}: the answer {answer!r} is not one of its options {options}")
+    return options
 
 
 def _popqa(path: Path, fmt: str) -> pd.DataFrame:

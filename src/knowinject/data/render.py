@@ -209,17 +209,19 @@ def multistep(people: pd.DataFrame, world: pd.DataFrame, seed: int, split: Split
     return pd.DataFrame(rows)
 
 
-def few_shot_prompts(items: pd.DataFrame, shots: pd.DataFrame, k: int, rng) -> list[str]:
+def few_shot_prompts(items: pd.DataFrame, shots: pd.DataFrame, k: int, rng, solved=None) -> list[str]:
     """One prompt per item: ``k`` solved questions from ``shots`` of the item's relation about other
     subjects, then the item's own prompt (``items.prompt``). ``rng`` is a numpy Generator, drawn
-    once per item in order, so the same rng state gives the same prompts."""
+    once per item in order, so the same rng state gives the same prompts. ``solved(shot)``: an exemplar's
+    text (default: :func:`qa_text` of its question and answer)."""
+    solved = solved or (lambda s: qa_text(s.question, s.answer))
     by_rel = {r: g for r, g in shots.groupby("relation")}
     prompts = []
     for it in items.itertuples():
         pool = by_rel.get(it.relation, shots.iloc[:0])
         pool = pool[pool.subject != it.subject]
         chosen = pool.iloc[rng.choice(len(pool), min(k, len(pool)), replace=False)] if k else pool.iloc[:0]
-        prompts.append("".join(qa_text(s.question, s.answer) for s in chosen.itertuples()) + it.prompt)
+        prompts.append("".join(solved(s) for s in chosen.itertuples()) + it.prompt)
     return prompts
 
 

@@ -195,7 +195,11 @@ def combine(claims: pd.DataFrame) -> pd.DataFrame:
     rep = claims[claims.design == "replication"][["claim", "track", "effect", "ci_low", "ci_high", "n_items",
                                                   "n_seeds", "n_bases", "verdict", "reason", "mean_a", "mean_b"]]
     rep = rep.rename(columns={c: f"replication_{c}" for c in rep.columns if c not in ("claim", "track")})
-    return main.merge(rep, on=["claim", "track"], how="left")
+    out = main.merge(rep, on=["claim", "track"], how="left")
+    # A claim measured without a replication (Study B in multiple choice) leaves its counts empty: kept as
+    # integers, not turned into floats for every row.
+    counts = ["replication_n_items", "replication_n_seeds", "replication_n_bases"]
+    return out.astype({c: "Int64" for c in counts})
 
 
 def _ci(effect, lo, hi) -> str:

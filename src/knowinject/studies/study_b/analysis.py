@@ -88,16 +88,17 @@ def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame, swap: pd.DataFrame
 
 
 def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str, design: str = "main",
-           swap: pd.DataFrame | None = None) -> pd.DataFrame:
+           swap: pd.DataFrame | None = None, measure: str = "exact match") -> pd.DataFrame:
     """The B1-B3 rows of the findings table for one track (zero-shot, last checkpoint, all test facts), and
-    B3's causal reading from ``swap`` (:func:`swap_claim`)."""
+    B3's causal reading from ``swap`` (:func:`swap_claim`). ``measure``: what a right answer is, as the
+    metric column names it ("multiple-choice accuracy" for a design in MMLU's form)."""
     last = cfg.epochs
     rows = []
     e = contrast(preds, "known", "unknown", epoch=last, prompt="zero-shot")
-    rows.append(findings.row("B1", track, "exact match, known-half minus unknown-half finetune (zero-shot, held-out "
+    rows.append(findings.row("B1", track, f"{measure}, known-half minus unknown-half finetune (zero-shot, held-out "
                              "test facts)", e, findings.judge(e, findings.directional), design))
     e = contrast(preds, "known", "whole", epoch=last, prompt="zero-shot")
-    rows.append(findings.row("B2", track, "exact match, known-half minus whole-pool finetune (zero-shot)", e,
+    rows.append(findings.row("B2", track, f"{measure}, known-half minus whole-pool finetune (zero-shot)", e,
                              findings.judge(e, findings.non_inferior, findings.B2_MARGIN), design))
     ea = contrast(att, "known", "unknown", value="subject_share", epoch=last)
     eg = contrast(preds, "unknown", "known", value="generic", epoch=last, prompt="zero-shot")

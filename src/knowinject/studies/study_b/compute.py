@@ -44,10 +44,24 @@ from knowinject.studies.study_b.design import (
 from knowinject import stats
 
 
+def respond(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> list[str]:
+    """The model's answer to each prompt (one per row of ``items``): greedy generation; for a multiple-choice
+    item (``choices``: its option letters) the letter it gives the highest probability, as `` B`` (what it
+    was finetuned to write). Scoring the letters, not the whole vocabulary, is MMLU's accuracy."""
+    if "choices" in items:
+        lp = evaluate.option_logprobs(model, tok, prompts, list(items.choices), batch_size=64, routes=routes)
+        return [" " + c[int(np.argmax(s))] for c, s in zip(items.choices, lp)]
+    return evaluate.generate(model, tok, prompts, batch_size=64, routes=routes)
+
+
 def answer_questions(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> pd.DataFrame:
-    """Greedy answers to ``prompts`` (one per row of ``items``), scored against each item's aliases: one row
-    per item with ``fact_id``, ``prediction``, ``em`` and ``contains`` (``routes``: adapter slot per row)."""
-    preds = evaluate.generate(model, tok, prompts, batch_size=64, routes=routes)
+    """Answers to ``prompts`` (one per row of ``items``, :func:`respond`), scored against each item's aliases:
+    one row per item with ``fact_id``, ``prediction``, ``em`` and ``contains`` (``routes``: adapter slot per
+    row). A multiple-choice answer is right when its letter is the item's (``em`` and ``contains`` agree)."""
+    preds = respond(model, tok, items, prompts, routes)
+    if "choices" in items:
+        em = [p.strip() == a[0] for p, a in zip(preds, items.aliases)]
+        return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": preds, "em": em, "contains": em})
     return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": preds,
                          "em": [scoring.exact_match(p, a) for p, a in zip(preds, items.aliases)],
                          "contains": [scoring.contains_match(p, a) for p, a in zip(preds, items.aliases)]})
@@ -63,7 +77,7 @@ def subject_swap(model, tok, items: pd.DataFrame, original: list[str], routes=No
     rows = items.iloc[keep]
     answers = [original[i].split("\n", 1)[0] for i in keep]  # as generated, cut at the first line
     r = [routes[i] for i in keep] if routes is not None else None
-    swapped = evaluate.generate(model, tok, list(rows.swap_prompt), batch_size=64, routes=r)
+    swapped = respond(model, tok, rows, list(rows.swap_prompt), r)
     scored = [k for k, a in enumerate(answers) if scoring.first_line(a)]  # an empty answer has no log-probability
     lp = {"as_asked": np.full(len(keep), np.nan), "swapped": np.full(len(keep), np.nan)}
     for name, prompts in (("as_asked", rows.prompt), ("swapped", rows.swap_prompt)):
@@ -264,7 +278,9 @@ def make_design(track, world, pool, test, qa, cfg: StudyBConfig) -> Design:
     """The test questions (on phrasings the track never trains on), their few-shot prompts, and the pool."""
     items = subject_swaps(test_items(test, qa, track.unseen_phrasing, cfg.data_seed), cfg.data_seed)
     pool_qa = qa[qa.fact_id.isin(pool.fact_id) & (qa.template_split == "train")]
-    few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"))
+    # Multiple choice: solved exemplars in the curation tool's form (the lettered question, " B", a blank line).
+    solved = (lambda s: f"{s.prompt} {s.answer}\n\n") if "choices" in qa else None
+    few_shot = render.few_shot_prompts(items, pool_qa, cfg.k_shot, numpy_rng(cfg.data_seed, "study-b-shots"), solved)
     # Training examples come from the pool's training templates only: the workers need no more of the table.
     return Design(world.folder.name, pool, items, tuple(few_shot), pool_qa, cfg)
 
@@ -361,4 +377,6 @@ def generic_flags(preds: pd.DataFrame) -> pd.Series:
     norm = preds.prediction.map(lambda p: scoring.normalize_answer(scoring.first_line(p)))
     keys = [preds[c] for c in ("condition", "seed", "epoch", "prompt", "relation")]
     mode = norm.groupby(keys).transform(lambda s: s.value_counts().index[0] if len(s) else "")
-    return (norm == mode) & ~preds.em.astype(bool) & (norm != "")
+    # A multiple-choice answer is a letter, and normalising drops "A" as an article: it is still an answer.
+    letter = preds.prediction.astype(str).str.fullmatch(r" [A-D]")
+    return (norm == mode) & ~preds.em.astype(bool) & ((norm != "") | letter)

@@ -110,14 +110,20 @@ COLUMNS = ["fact_id", "subject", "relation", "kind", "value", "aliases", "popula
 
 def fact_candidates(scored: pd.DataFrame, relations) -> pd.DataFrame:
     """A fact table's facts with the base model's knownness (the curation tool's scores, notebook 03's
-    measure) and, where the table has one, its popularity; levels are popularity quintiles within each
-    relation when every fact has a popularity, else one level ("all")."""
+    measure; multiple choice: whether the base model ranks the correct letter first, the letter's
+    probability breaking ties) and, where the table has one, its popularity; levels are popularity quintiles
+    within each relation when every fact has a popularity, else one level ("all")."""
     t = scored[scored.relation.isin(relations)].copy()
-    n_sets = int(t.greedy_hits.max()) if len(t) and t.greedy_hits.max() > 0 else 1
-    t["kind"], t["value"] = "fact", t.answer
-    t["aliases"] = [[a, *al] for a, al in zip(t.answer, t.aliases)]
-    t["known_score"] = knownness_score(t.greedy_hits / n_sets, t.gold_prob)
-    t["base_known"] = t.few_shot_em.astype(bool)
+    if "options" in t:  # multiple choice: the target is the letter; known when the base ranks it first
+        t["kind"], t["value"], t["aliases"] = "fact", t.answer_letter, [[a] for a in t.answer_letter]
+        t["known_score"] = knownness_score(t.known.astype(float), t.gold_prob)
+        t["base_known"] = t.known.astype(bool)
+    else:
+        n_sets = int(t.greedy_hits.max()) if len(t) and t.greedy_hits.max() > 0 else 1
+        t["kind"], t["value"] = "fact", t.answer
+        t["aliases"] = [[a, *al] for a, al in zip(t.answer, t.aliases)]
+        t["known_score"] = knownness_score(t.greedy_hits / n_sets, t.gold_prob)
+        t["base_known"] = t.few_shot_em.astype(bool)
     t["popularity"] = t.popularity.astype(float)
     t["level"] = popularity_quintiles(t)
     return t[COLUMNS].reset_index(drop=True)
@@ -157,7 +163,7 @@ def candidates(track, world, relations, known_cfg: knownness.KnownnessConfig, su
     answer's probability under the pretrained model.
     """
     if isinstance(world, FactSet):  # a fact table of the user's or a benchmark's (notebook 05's facts_path)
-        world.require_qa()
+        world.require_study_b()
         return fact_candidates(curate.score(track.model, world.path, known_cfg, world.format, progress=False), relations)
     if track.name == "smollm2":
         table = knownness.measure_run(track.model, "realworld", world, known_cfg, profile, subset=subset)
@@ -264,7 +270,8 @@ def test_items(test: pd.DataFrame, qa: pd.DataFrame, phrasing: str, seed: int) -
         options = cands.loc[[f.fact_id]]
         r = options.iloc[int(rng.integers(len(options)))]
         rows.append({"item_id": r.item_id, "fact_id": f.fact_id, "subject": f.subject, "relation": f.relation,
-                     "question": r.question, "prompt": r.prompt, "answer": f.value, "aliases": list(f.aliases)})
+                     "question": r.question, "prompt": r.prompt, "answer": f.value, "aliases": list(f.aliases),
+                     **({"choices": list(r.choices)} if "choices" in cands else {})})  # multiple choice: its letters
     return pd.DataFrame(rows)
 
 

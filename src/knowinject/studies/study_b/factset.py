@@ -8,8 +8,14 @@ question is ever trained on. The known / unknown halves come from the base model
 table, measured by the curation tool's cached scoring (:func:`knowinject.eval.curate.score`: notebook 03's
 measure, few-shot exemplars of the same relation in the table's own wording).
 
-Multiple-choice tables (MMLU's layout) are scored by the curation tool; Study B's finetuning on them (the
-answer letter as the target) is not built yet, and :func:`FactSet.require_qa` says so.
+Multiple choice (Study B in MMLU's form): a table with ``options`` trains on the answer letter after the
+question and its lettered options (the curation tool's prompt, ``Answer:``), and is scored by which letter
+the model puts the highest probability on (:func:`.compute.answer_questions`); a fact is known when the base
+model already does so (:func:`knowinject.eval.curate.measure_mc`). :func:`geonames_multiple_choice` writes the
+compendium's own such set: the GeoNames facts of Study B's relations as four-way questions, distractors
+drawn from the same relation's other answers. MMLU's own files are scored by the curation tool but cannot
+run Study B: its rows name an MMLU subject, not an entity the question asks about, so there are no subjects
+to split into pool and test or to read attention to (:meth:`FactSet.require_study_b` says so).
 
 Usage: ``fs = FactSet("popQA.tsv")``; ``compute.run_tracks([(track, fs, cfg)], ...)``.
 """
@@ -56,11 +62,20 @@ class FactSet:
     def multiple_choice(self) -> bool:
         return "options" in self.facts
 
-    def require_qa(self) -> None:
-        if self.multiple_choice:
-            raise ValueError(f"{self.path}: a multiple-choice table (MMLU's layout). The curation tool scores it "
-                             "(python -m knowinject.eval.curate --facts ...), but Study B's finetuning on answer "
-                             "letters is not built yet; pass a QA table (JSON Lines, CSV, PopQA, EntityQuestions)")
+    @property
+    def measure(self) -> str:
+        """What a right answer is, as the claims table names it."""
+        return "multiple-choice accuracy" if self.multiple_choice else "exact match"
+
+    def require_study_b(self) -> None:
+        """Refuse a table Study B cannot split: MMLU's files, whose rows name a subject area, not an entity."""
+        fmt = self.format or factfiles.detect_format(self.path)
+        if fmt == "mmlu":
+            raise ValueError(f"{self.path}: MMLU's layout. The curation tool scores it (python -m knowinject.eval.curate "
+                             "--facts ...), but Study B cannot run on it: an MMLU row names its subject area, not an "
+                             "entity its question asks about, so there are no subjects to split into disjoint pool and "
+                             "test halves or to read attention to. Write multiple-choice facts as a JSON Lines table "
+                             "with subject, relation, question, answer and options (README, \"Your own facts\")")
 
     def identity(self) -> dict:
         """What a results table's provenance records of the fact set."""
@@ -84,11 +99,58 @@ class FactSet:
 
     def table(self, name: str = "qa") -> pd.DataFrame:
         """The QA table (whatever name the design asks for: the fact set has one): each fact's question as
-        its one training and one held-out phrasing."""
-        self.require_qa()
+        its one training and one held-out phrasing. Multiple choice: the prompt lists the lettered options,
+        the answer is the letter, and ``choices`` the letters a prediction is chosen from."""
+        self.require_study_b()
+        if self.multiple_choice:
+            f = self.facts
+            one = pd.DataFrame({"fact_id": f.fact_id, "subject": f.subject, "relation": f.relation,
+                                "question": f.question, "answer": f.answer_letter,
+                                "prompt": [curate.mc_prompt(q, o) for q, o in zip(f.question, f.options)],
+                                "aliases": [[a] for a in f.answer_letter],
+                                "choices": [list(factfiles.LETTERS[:len(o)]) for o in f.options]})
+            qa = pd.concat([one.assign(template_split=s) for s in ("heldout", "train")], ignore_index=True)
+            return qa.assign(item_id=qa.fact_id + "-" + qa.template_split)
         _, qa = curate.world_tables(self.facts)
         return qa.assign(item_id=qa.fact_id + "-" + qa.template_split, aliases=self._aliases(qa))
 
     def _aliases(self, qa: pd.DataFrame) -> list[list[str]]:
         answers = dict(zip(self.facts.fact_id, ([a, *al] for a, al in zip(self.facts.answer, self.facts.aliases))))
         return [answers[f] for f in qa.fact_id]
+
+
+def geonames_multiple_choice(world, relations, seed: int = 0, profile: str | None = None) -> FactSet:
+    """The GeoNames facts of ``relations`` as four-way questions (a cached run's ``geonames_mc.jsonl``): each
+    fact's first training-template question, its answer and three distractors drawn from the other answers of
+    its relation (none of them one of its aliases), in a random order. A question asked of two facts (two
+    subjects of one name) is left out: it has no one answer."""
+    from knowinject.core import paths, runs
+    from knowinject.core.seeding import numpy_rng
+
+    from knowinject.eval.scoring import normalize_answer
+
+    def make(tmp: Path) -> None:
+        rng = numpy_rng(seed, "geonames-multiple-choice")
+        facts = world.table("realworld")
+        qa = world.table("qa_realworld")
+        first = qa[qa.template_split == "train"].drop_duplicates("fact_id").set_index("fact_id").question
+        rows = []
+        for rel in relations:
+            g = facts[facts.relation == rel].sort_values("fact_id")
+            values = sorted(set(g.value))
+            for f in g.itertuples():
+                gold = {normalize_answer(a) for a in [f.value, *f.aliases]}
+                others = [v for v in values if normalize_answer(v) not in gold]
+                if len(others) < 3 or f.fact_id not in first.index:
+                    continue
+                options = [f.value, *(others[i] for i in rng.choice(len(others), 3, replace=False))]
+                options = [options[i] for i in rng.permutation(4)]
+                rows.append({"subject": f.subject, "relation": rel, "question": first[f.fact_id], "answer": f.value,
+                             "options": options, "popularity": f.popularity, "source_fact_id": f.fact_id})
+        table = pd.DataFrame(rows)
+        table = table[~table.question.duplicated(keep=False)]
+        runs.write_jsonl(table, tmp / "geonames_mc.jsonl")
+
+    key = {"world": world.folder.name, "relations": list(relations), "seed": seed, "v": 1}
+    folder = runs.cached_run(paths.RUNS, "geonames-multiple-choice", key, make, profile=profile, verbose=False)
+    return FactSet(folder / "geonames_mc.jsonl")
