@@ -2,8 +2,8 @@
 pipeline's ``-p`` as ``make facts`` does, on invented facts written in each published layout (PopQA's TSV, an
 EntityQuestions folder, a plain JSON Lines table) with a small random Llama. Each fact set's tables land under
 ``results/smoke/<model>/<facts-slug>/``; the smoke profile's own tables stay byte for byte. A multiple-choice
-table in MMLU's layout is scored by notebook 03 and refused by Study B with a message (its rows name no
-entity to split by); multiple-choice facts of one's own (JSON Lines with options) run Study B in MMLU's form."""
+table in MMLU's layout runs Study B in MMLU's form (each question its own subject), as do multiple-choice
+facts of one's own (JSON Lines with options); a set too small to split is refused with a message."""
 
 from __future__ import annotations
 
@@ -80,6 +80,21 @@ def write_jsonl(path: Path, n: int = 24, choices: bool = False) -> Path:
     return path
 
 
+def write_mmlu(folder: Path, n: int = 12) -> Path:
+    """MMLU's per-subject CSVs as published (``data/test/<subject>_test.csv``: no header; question, four
+    options, the answer letter), invented questions in two subject areas."""
+    test = folder / "data" / "test"
+    test.mkdir(parents=True)
+    for area, values, ask in (("cartography", PLACES, "Which town does map sheet {i} of the {who} survey show?"),
+                              ("crafts", JOBS, "Which craft did the {who} guild record in ledger {i}?")):
+        with open(test / f"{area}_test.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            for i in range(n):
+                options = [values[(i + k) % 6] for k in range(4)]
+                w.writerow([ask.format(i=i + 1, who=LAST[i % 4]), *options, "ABCD"[(i * 3) % 4]])
+    return test
+
+
 def _digest(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.glob("*")) if p.is_file()}
@@ -110,6 +125,8 @@ def facts_runs(smoke_run, tmp_path_factory):
     mmlu = Path(__file__).parent / "fixtures" / "facts" / "mmlu" / "data" / "test"
     runs["mmlu-03"] = _pipeline(env, "03", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
     runs["mmlu-05"] = _pipeline(env, "05", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
+    big = write_mmlu(tmp / "MMLU-big")
+    runs["mmlu-big-data-test"] = _pipeline(env, "03", "05", "06", "-p", f"facts_path={big}", "-p", f"model_name={model}")
     return {"data": data, "runs": runs, "before": before, "model": "fact-llama"}
 
 
@@ -151,8 +168,21 @@ def test_a_multiple_choice_table_is_scored_and_refused_by_study_b_with_a_message
     scored = json.loads((facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / "mmlu-data-test" /
                          "smollm2_knownness.json").read_text())
     assert scored["n_facts"] == 4 and 0 <= scored["known"] <= 1 and set(scored["slick_counts"]) <= {"Known", "Unknown"}
+    # Four questions in two subject areas (3 + 1) cannot be split into pool and test: refused before anything runs.
     r = facts_runs["runs"]["mmlu-05"]
-    assert r.returncode == 2 and "MMLU's layout" in r.stderr and "cannot run on it" in r.stderr
+    assert r.returncode == 2 and "no relation has 4 or more facts" in r.stderr
+
+
+def test_study_b_runs_on_mmlus_layout_with_each_question_its_own_subject(facts_runs):
+    r = facts_runs["runs"]["mmlu-big-data-test"]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / "mmlu-big-data-test"
+    claims = pd.read_csv(own / "findings.csv")
+    assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"}
+    assert claims[claims.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
+    mech = pd.read_csv(own / "study_b_mechanism.csv")
+    swap = mech[mech.metric == "answer_unchanged_on_subject_swap"]  # another question over the same options
+    assert len(swap) and (swap.n_items > 0).all()
 
 
 def test_pipeline_parameters_are_checked_before_anything_runs():

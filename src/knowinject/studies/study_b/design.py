@@ -164,7 +164,8 @@ def candidates(track, world, relations, known_cfg: knownness.KnownnessConfig, su
     """
     if isinstance(world, FactSet):  # a fact table of the user's or a benchmark's (notebook 05's facts_path)
         world.require_study_b()
-        return fact_candidates(curate.score(track.model, world.path, known_cfg, world.format, progress=False), relations)
+        scored = curate.score(track.model, world.path, known_cfg, world.format, progress=False)
+        return fact_candidates(world.study_rows(scored), relations)
     if track.name == "smollm2":
         table = knownness.measure_run(track.model, "realworld", world, known_cfg, profile, subset=subset)
         return smollm2_candidates(table, relations)

@@ -13,9 +13,9 @@ question and its lettered options (the curation tool's prompt, ``Answer:``), and
 the model puts the highest probability on (:func:`.compute.answer_questions`); a fact is known when the base
 model already does so (:func:`knowinject.eval.curate.measure_mc`). :func:`geonames_multiple_choice` writes the
 compendium's own such set: the GeoNames facts of Study B's relations as four-way questions, distractors
-drawn from the same relation's other answers. MMLU's own files are scored by the curation tool but cannot
-run Study B: its rows name an MMLU subject, not an entity the question asks about, so there are no subjects
-to split into pool and test or to read attention to (:meth:`FactSet.require_study_b` says so).
+drawn from the same relation's other answers. MMLU's own files run Study B with each question as its own
+subject: their rows name an MMLU subject area, not an entity the question asks about
+(:meth:`FactSet.study_rows`).
 
 Usage: ``fs = FactSet("popQA.tsv")``; ``compute.run_tracks([(track, fs, cfg)], ...)``.
 """
@@ -67,15 +67,24 @@ class FactSet:
         """What a right answer is, as the claims table names it."""
         return "multiple-choice accuracy" if self.multiple_choice else "exact match"
 
+    @property
+    def question_is_subject(self) -> bool:
+        """MMLU's rows name their subject area (astronomy), not an entity the question asks about: for Study B
+        each question is its own subject (:meth:`study_rows`)."""
+        return (self.format or factfiles.detect_format(self.path)) == "mmlu"
+
+    def study_rows(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Rows of this fact set as Study B reads them. MMLU: the question is the subject, so pool and test
+        split by question, attention is read onto the question's tokens (against its options'), and the
+        subject swap asks another question of the same subject area over these options."""
+        return table.assign(subject=table.question) if self.question_is_subject else table
+
     def require_study_b(self) -> None:
-        """Refuse a table Study B cannot split: MMLU's files, whose rows name a subject area, not an entity."""
-        fmt = self.format or factfiles.detect_format(self.path)
-        if fmt == "mmlu":
-            raise ValueError(f"{self.path}: MMLU's layout. The curation tool scores it (python -m knowinject.eval.curate "
-                             "--facts ...), but Study B cannot run on it: an MMLU row names its subject area, not an "
-                             "entity its question asks about, so there are no subjects to split into disjoint pool and "
-                             "test halves or to read attention to. Write multiple-choice facts as a JSON Lines table "
-                             "with subject, relation, question, answer and options (README, \"Your own facts\")")
+        """Refuse, before anything runs, a table Study B cannot split: no relation with 4 or more facts."""
+        if not self.relations():
+            counts = self.facts.relation.value_counts().to_dict()
+            raise ValueError(f"{self.path}: no relation has 4 or more facts ({counts}); Study B needs a pool and a "
+                             "test half of each relation's subjects")
 
     def identity(self) -> dict:
         """What a results table's provenance records of the fact set."""
@@ -86,10 +95,8 @@ class FactSet:
         """A profile's Study B settings for this fact set: its relations, the popularity split only where
         every fact has a popularity, and no stratification (levels are popularity quintiles, or one)."""
         splits = tuple(s for s in cfg.splits if s != "popularity" or self.facts.popularity.notna().all())
+        self.require_study_b()
         relations = self.relations()
-        if not relations:
-            raise ValueError(f"{self.path}: no relation has 4 or more facts; Study B needs a pool and a test half "
-                             "of each relation's subjects")
         return replace(cfg, relations=relations, splits=splits or ("knownness",), stratify=False, fact_table=True)
 
     def relations(self, min_facts: int = 4) -> tuple[str, ...]:
@@ -101,9 +108,8 @@ class FactSet:
         """The QA table (whatever name the design asks for: the fact set has one): each fact's question as
         its one training and one held-out phrasing. Multiple choice: the prompt lists the lettered options,
         the answer is the letter, and ``choices`` the letters a prediction is chosen from."""
-        self.require_study_b()
         if self.multiple_choice:
-            f = self.facts
+            f = self.study_rows(self.facts)
             one = pd.DataFrame({"fact_id": f.fact_id, "subject": f.subject, "relation": f.relation,
                                 "question": f.question, "answer": f.answer_letter,
                                 "prompt": [curate.mc_prompt(q, o) for q, o in zip(f.question, f.options)],
