@@ -151,13 +151,20 @@ def test_a_fact_set_leaves_the_profiles_own_tables_byte_for_byte(facts_runs):
     assert _digest(facts_runs["data"] / "results" / "smoke") == facts_runs["before"]
 
 
-def test_your_multiple_choice_facts_run_study_b_in_mmlus_form(facts_runs):
-    r = facts_runs["runs"]["my-mc-facts"]
+def _multiple_choice_claims(facts_runs, slug: str) -> Path:
+    """The fact set ``slug`` ran Study B in MMLU's form: every claim, B1 and B2 read as multiple-choice
+    accuracy. Returns the folder of its tables."""
+    r = facts_runs["runs"][slug]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / "my-mc-facts"
+    own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / slug
     claims = pd.read_csv(own / "findings.csv")
     assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"}
     assert claims[claims.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
+    return own
+
+
+def test_your_multiple_choice_facts_run_study_b_in_mmlus_form(facts_runs):
+    own = _multiple_choice_claims(facts_runs, "my-mc-facts")
     preds = pd.read_csv(own / "study_b_accuracy.csv")
     assert preds["mean"].between(0, 1).all()
 
@@ -174,12 +181,7 @@ def test_a_multiple_choice_table_is_scored_and_refused_by_study_b_with_a_message
 
 
 def test_study_b_runs_on_mmlus_layout_with_each_question_its_own_subject(facts_runs):
-    r = facts_runs["runs"]["mmlu-big-data-test"]
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / "mmlu-big-data-test"
-    claims = pd.read_csv(own / "findings.csv")
-    assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"}
-    assert claims[claims.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
+    own = _multiple_choice_claims(facts_runs, "mmlu-big-data-test")
     mech = pd.read_csv(own / "study_b_mechanism.csv")
     swap = mech[mech.metric == "answer_unchanged_on_subject_swap"]  # another question over the same options
     assert len(swap) and (swap.n_items > 0).all()
