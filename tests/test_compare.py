@@ -33,6 +33,18 @@ def test_claims_flag_moved_verdicts_and_effects_outside_the_committed_interval()
     assert flipped.flipped.sum() == 1
 
 
+def test_a_claim_in_one_run_only_reads_as_new_not_as_a_moved_verdict():
+    old = _findings(0.124, 0.066, 0.182, "reproduced")
+    new = pd.concat([_findings(0.124, 0.066, 0.182, "reproduced"),
+                     _findings(0.2, 0.1, 0.3, "reproduced").assign(track="smollm2-mc")], ignore_index=True)
+    table = compare.claims(old, new)
+    added = table[table.track == "smollm2-mc"]
+    assert len(added) and added["same verdict"].isna().all() and (added.committed == "new claim").all()
+    assert "nan" not in " ".join(table.committed) and table.loc[table.track != "smollm2-mc", "same verdict"].all()
+    gone = compare.claims(new, old)
+    assert (gone.loc[gone.track == "smollm2-mc", "this run"] == "not in this run").all()
+
+
 def test_deviation_aligns_rows_by_their_labels_and_ignores_timings():
     old = pd.DataFrame({"bucket": ["1", "2-3"], "em": [0.04, 0.13], "seconds": [10.0, 20.0]})
     new = pd.DataFrame({"bucket": ["2-3", "1"], "em": [0.10, 0.06], "seconds": [99.0, 99.0]})

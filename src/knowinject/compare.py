@@ -70,6 +70,14 @@ def _run_facts(prov: dict | None, pretrain: dict | None) -> dict:
             "created": prov.get("created_utc", "unknown")}
 
 
+def _cell(r, pre: str, side: str, verdict, absent: str) -> str:
+    """One run's effect, interval and verdict for a claim, or ``absent`` where that run has no such claim."""
+    if not isinstance(verdict, str):
+        return absent
+    get = lambda col: getattr(r, f"{pre}{col}_{side}", np.nan)  # noqa: E731
+    return f"{get('effect'):+.3f} [{get('ci_low'):+.3f}, {get('ci_high'):+.3f}] {verdict}"
+
+
 def claims(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """One row per claim and track (main design, and the replication where both have one)."""
     rows = []
@@ -82,11 +90,11 @@ def claims(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
             e_new = getattr(r, f"{pre}effect_new", np.nan)
             lo, hi = getattr(r, f"{pre}ci_low_old", np.nan), getattr(r, f"{pre}ci_high_old", np.nan)
             inside = bool(lo <= e_new <= hi) if not np.isnan([e_new, lo, hi]).any() else None
+            both = isinstance(v_old, str) and isinstance(v_new, str)  # else a claim one run adds or lacks
             rows.append({"claim": r.claim, "track": r.track, "design": design,
-                         "committed": f"{getattr(r, f'{pre}effect_old', np.nan):+.3f} [{lo:+.3f}, {hi:+.3f}] {v_old}",
-                         "this run": f"{e_new:+.3f} [{getattr(r, f'{pre}ci_low_new', np.nan):+.3f}, "
-                                     f"{getattr(r, f'{pre}ci_high_new', np.nan):+.3f}] {v_new}",
-                         "same verdict": v_old == v_new, "new effect in committed interval": inside,
+                         "committed": _cell(r, pre, "old", v_old, "new claim"),
+                         "this run": _cell(r, pre, "new", v_new, "not in this run"),
+                         "same verdict": v_old == v_new if both else None, "new effect in committed interval": inside,
                          "flipped": (v_old, v_new) in FLIPS})
     return pd.DataFrame(rows)
 
@@ -173,7 +181,9 @@ def report(profile: str = "default", ref: str = "HEAD") -> tuple[str, bool]:
         table = claims(old, new)
         flipped = bool(table.flipped.any())
         same, inside = table["same verdict"], table["new effect in committed interval"]
-        out += ["## Claims", "", f"{int(same.sum())} of {len(table)} verdicts the same; "
+        added = int(same.isna().sum())
+        out += ["## Claims", "", f"{int((same == True).sum())} of {int(same.notna().sum())} verdicts the same"  # noqa: E712
+                f"{f' ({added} claims in one run only)' if added else ''}; "
                 f"{int((inside == True).sum())} of {int(inside.notna().sum())} new effects inside the committed "  # noqa: E712
                 f"two-stage interval; {int(table.flipped.sum())} flipped between reproduced and not reproduced.", "",
                 _md(table.drop(columns="flipped")), ""]
