@@ -157,7 +157,10 @@ def test_smoke_05_study_b(smoke_run):
 def test_smoke_06_figures_and_findings(smoke_run):
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
     assert list(table.columns) == findings.COLUMNS
-    assert len(table) == 5 * 2 + 4 * 4 and table.replication_verdict.notna().all() and table.mde.notna().sum() >= 17
+    assert len(table) == 5 * 2 + 4 * 4 and table.mde.notna().sum() >= 17
+    # Every claim has its replication but Study B in MMLU's form, which has no replication design.
+    mc = table.track == "smollm2-mc"
+    assert table[~mc].replication_verdict.notna().all() and table[mc].replication_verdict.isna().all()
     # The tiny track's seeds finetuned both smoke bases, and its intervals resampled them (notebooks 04, 05).
     main = table.set_index(["claim", "track"])
     tiny = main.xs("tiny", level="track")

@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
     if PartialState().is_main_process:
         print(json.dumps({"processes": result.processes, "local_rows": result.local_rows, **result.summary()}))
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        # Tear the process group down before the interpreter does: left to exit, gloo's threads can abort a
+        # rank ("terminate called without an active exception", exit -6) after its work is done. The barrier
+        # keeps a rank from leaving while another still talks to it.
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 
