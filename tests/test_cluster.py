@@ -89,6 +89,11 @@ class Cluster:
     def logs(self) -> str:
         return "\n".join((self.tmp.parent / f"{n}.log").read_text()[-2000:] for n in self.nodes)
 
+    def client_server_logs(self) -> str:
+        """The head's Ray Client server logs: why a ``ray://`` driver was refused is written there only."""
+        files = sorted(self.tmp.glob("session_latest/logs/ray_client_server*.err"))
+        return "\n".join(f"== {f.name}\n{f.read_text()[-1500:]}" for f in files)
+
     def tree(self, name: str) -> list[psutil.Process]:
         """The node's processes: its process group (``ray start --block`` and everything it started)."""
         pgid = self.nodes[name].pid
@@ -151,16 +156,16 @@ print(json.dumps(executor.map_tasks(where, range(4), progress=False)))
 """
 
 
-def _map(address: str) -> list:
+def _map(address: str, cluster: Cluster) -> list:
     env = {**os.environ, **NO_AUTH, "RAY_ADDRESS": address, "KNOWINJECT_EXECUTOR": "ray"}
     r = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + "\n" + cluster.client_server_logs()
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def test_both_address_forms_join_the_cluster(cluster):
     for address in (f"ray://127.0.0.1:{cluster.client}", f"127.0.0.1:{cluster.gcs}"):
-        where = _map(address)
+        where = _map(address, cluster)
         assert len(where) == 4 and set(where) == {"node-head", "node-worker"}, (address, where)
 
 
@@ -198,7 +203,7 @@ def test_a_lost_node_costs_its_runs_and_one_lease_and_no_run_is_computed_twice(c
         assert held is not None, "the worker node never held a run:\n" + (tmp_path / "05.log").read_text()[-3000:]
         killed_at = time.time()
         cluster.kill("worker")
-        assert nb.wait(timeout=600) == 0, (tmp_path / "05.log").read_text()[-3000:]
+        assert nb.wait(timeout=600) == 0, (tmp_path / "05.log").read_text()[-3000:] + cluster.client_server_logs()
     finally:
         if nb.poll() is None:
             nb.kill()

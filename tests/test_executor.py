@@ -96,3 +96,33 @@ def test_a_bad_workers_setting_says_what_to_give(monkeypatch, value):
     monkeypatch.setenv("KNOWINJECT_WORKERS", value)
     with pytest.raises(ValueError, match="whole number >= 1.*WORKERS=2"):
         executor.workers()
+
+
+class _FlakyRay:
+    """Stands in for the ray module: ``init`` fails as Ray Client does when the head cannot start its server."""
+
+    def __init__(self, failures: int):
+        self.failures, self.calls = failures, []
+
+    def init(self, address=None, **kwargs):
+        self.calls.append(address)
+        if len(self.calls) <= self.failures:
+            raise ConnectionAbortedError("Initialization failure from server:\nRuntimeError: Starting Ray client "
+                                         "server failed. See ray_client_server_23000.err for detailed logs.")
+
+
+def test_a_ray_client_connection_is_tried_again_when_the_heads_server_fails_to_start(monkeypatch, capsys):
+    monkeypatch.setattr(executor.time, "sleep", lambda s: None)
+    ray = _FlakyRay(failures=executor.CLIENT_TRIES - 1)
+    executor._init(ray, "ray://head:10001", {})
+    assert ray.calls == ["ray://head:10001"] * executor.CLIENT_TRIES
+    assert "trying again" in capsys.readouterr().out
+
+
+def test_a_cluster_that_never_starts_a_client_server_is_named_with_where_to_look(monkeypatch):
+    monkeypatch.setattr(executor.time, "sleep", lambda s: None)
+    ray = _FlakyRay(failures=executor.CLIENT_TRIES)
+    with pytest.raises(RuntimeError, match=r"RAY_ADDRESS=ray://head:10001.*ray_client_server\*\.err") as e:
+        executor._init(ray, "ray://head:10001", {})
+    assert isinstance(e.value.__cause__, ConnectionAbortedError)
+    assert len(ray.calls) == executor.CLIENT_TRIES

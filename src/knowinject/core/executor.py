@@ -77,10 +77,36 @@ def _ray():
                            "version (requirements.txt)") from None
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, runtime_env={"env_vars": _env_vars()}, include_dashboard=False,
-                 log_to_driver=False, **({} if address else {"num_cpus": int(os.environ.get("KNOWINJECT_RAY_CPUS",
-                                                                                           os.cpu_count() or 1))}))
+        _init(ray, address, dict(runtime_env={"env_vars": _env_vars()}, include_dashboard=False, log_to_driver=False,
+                                 **({} if address else {"num_cpus": int(os.environ.get("KNOWINJECT_RAY_CPUS",
+                                                                                      os.cpu_count() or 1))})))
     return ray
+
+
+CLIENT_TRIES = 3  # Ray Client connections tried before a grid gives up on the cluster
+
+
+def _init(ray, address: str | None, kwargs: dict) -> None:
+    """``ray.init``, trying a Ray Client (``ray://``) connection again when the head fails to start its server.
+
+    Why: for each driver that joins by ``ray://`` the head starts a server process; that start failed once
+    in CI ("Starting Ray client server failed", the cluster healthy, the next connection fine), and a grid
+    should not be lost to it. A failed try leaves nothing behind (Ray's client disconnects), so trying
+    again is safe. Any other error, and the last try's, is the user's to see."""
+    for attempt in range(1, CLIENT_TRIES + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionAbortedError as e:  # what Ray Client raises when the head's server start fails
+            if attempt == CLIENT_TRIES:
+                raise RuntimeError(
+                    f"could not join the Ray cluster at RAY_ADDRESS={address}: the head node failed {CLIENT_TRIES} "
+                    "times to start a Ray Client server for this driver. Its reason is in the head's logs, "
+                    "ray_client_server*.err under <temp dir>/session_latest/logs (/tmp/ray by default); or "
+                    "join from a cluster node by the GCS address (RAY_ADDRESS=<head ip>:6379)") from e
+            print(f"Ray Client: the head failed to start a server for this driver (try {attempt} of {CLIENT_TRIES}; "
+                  f"{str(e).strip().splitlines()[-1][:200]}); trying again", flush=True)
+            time.sleep(2.0 * attempt)
 
 
 def _task(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
