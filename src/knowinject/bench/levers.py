@@ -2,10 +2,15 @@
 ``make bench``): the remaining candidate levers, each measured on the default profile's own work, so that
 whether a lever pays is a measurement and not a guess.
 
-- **Notebook 02** pretrains two tiny models (the main world's and the replication's), one after the other on
-  every core. Would two single-threaded workers, one model each, finish sooner? A slice of the corpus is
-  pretrained twice in turn with every thread, then twice side by side, and the weights that 1 and 2 threads
+- **Notebook 02** pretrains the tiny models (the main world's bases and the replication's), one after the
+  other on every core. Would two single-threaded workers, one model each, finish sooner? A slice of the corpus
+  is pretrained twice in turn with every thread, then twice side by side, and the weights that 1 and 2 threads
   give are compared (bf16 reductions are split differently across threads).
+- **Notebook 02, compiled**: pretraining is eager because compiled kernels were not run-to-run deterministic.
+  ``compile=True`` turns deterministic algorithms on for the run; is that repeatable, and what does it save?
+  The same slice is pretrained eager, then compiled twice in one process (the first pays the compilation,
+  the second runs on the compiled step, as every step after the first of a real run does), and the two
+  compiled runs' weights are compared byte for byte.
 - **The tiny track's runs** (full finetunes, one at a time in each worker): where one run's time goes
   (loading the base, training, evaluating) for Study A's central cell, on one thread as a worker runs it,
   with the training step's model FLOP utilisation.
@@ -43,12 +48,13 @@ from knowinject.bench.machine import flops_needed, machine, matmul_peak, param_s
 
 # --- notebook 02: the two pretrainings, in turn or side by side ----------------------------------------------
 
-def _pretrain_slice(n_docs: int) -> dict:
-    """One epoch of the default pretraining recipe (torch.compile included) on the corpus's first ``n_docs``
-    documents, in this process at its thread count: seconds and a hash of the weights."""
-
-
+def _pretrain_slice(n_docs: int, compile: bool | None = None) -> dict:
+    """One epoch of the default pretraining recipe (compiled or eager as the profile says, unless ``compile``
+    says otherwise) on the corpus's first ``n_docs`` documents, in this process at its thread count: seconds
+    and a hash of the weights."""
     cfg = replace(default_config(pretrain.PretrainConfig, "pretrain"), epochs=1)
+    if compile is not None:
+        cfg = replace(cfg, compile=compile)
     w = default_world()
     tok = w.tokenizer()
     tok.padding_side = "left"
@@ -70,7 +76,9 @@ def pretraining(n_docs: int) -> list[dict]:
         side = executor.map_tasks(_pretrain_slice, [n_docs, n_docs], progress=False)
         side_s = time.perf_counter() - start
     same = side[0]["weights"] == serial[0]["weights"]
-    note = (f"{n_docs} corpus documents ({serial[0]['tokens']} tokens), 1 epoch, compile included; "
+    compiled = default_config(pretrain.PretrainConfig, "pretrain").compile
+    note = (f"{n_docs} corpus documents ({serial[0]['tokens']} tokens), 1 epoch, "
+            f"{'compiled, compilation included' if compiled else 'eager'}; "
             f"1 and {serial[0]['threads']} threads give {'the same' if same else 'different'} weights")
     stage = "02 pretraining (two models)"
     return [{"stage": stage, "part": "one after the other, all threads", "threads": serial[0]["threads"],
@@ -78,6 +86,22 @@ def pretraining(n_docs: int) -> list[dict]:
             {"stage": stage, "part": "side by side, two 1-thread workers", "threads": side[0]["threads"],
              "seconds": side_s, "speedup": serial_s / side_s, "note": note,
              "same_weights": same}]
+
+
+def compiled_pretraining(n_docs: int) -> list[dict]:
+    """The slice eager, then compiled (deterministic algorithms on) twice in this process."""
+    eager = _pretrain_slice(n_docs, compile=False)
+    first, second = _pretrain_slice(n_docs, compile=True), _pretrain_slice(n_docs, compile=True)
+    same = first["weights"] == second["weights"]
+    note = (f"{n_docs} corpus documents ({eager['tokens']} tokens), 1 epoch; the two compiled runs give "
+            f"{'the same' if same else 'different'} weights, the compiled and the eager "
+            f"{'the same' if first['weights'] == eager['weights'] else 'different'} ones")
+    stage = "02 pretraining, compiled with deterministic algorithms"
+    return [{"stage": stage, "part": part, "threads": r["threads"], "seconds": r["seconds"],
+             "speedup": eager["seconds"] / r["seconds"], "note": note,
+             "same_weights": same if part != "eager" else float("nan")}
+            for part, r in (("eager", eager), ("compiled, first run (compilation included)", first),
+                            ("compiled, second run (step already compiled)", second))]
 
 
 # --- the tiny track: one run, as a worker computes it ---------------------------------------------------------
@@ -159,7 +183,8 @@ def study_b_eval() -> list[dict]:
 
 def main(quick: bool = False) -> pd.DataFrame:
 
-    rows = pretraining(400 if quick else 8000) + tiny_run() + study_b_eval()
+    n_docs = 400 if quick else 8000
+    rows = pretraining(n_docs) + compiled_pretraining(n_docs) + tiny_run() + study_b_eval()
     df = pd.DataFrame(rows)
     df["machine"], df["git_commit"] = machine(), provenance()["git_commit"]
     print(save_table(df, paths.results_dir("default") / "bench_levers.csv"))
