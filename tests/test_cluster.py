@@ -23,7 +23,7 @@ import pytest
 
 from knowinject.core import claims, paths, runs
 
-from .conftest import assert_study_b_grid_matches, fresh_cache, is_grid_run
+from .conftest import SLOW, assert_study_b_grid_matches, fresh_cache, is_grid_run
 
 LEASE_S = 10.0  # the claims' lease in this cluster (the default, 120 s, would make the test slow)
 # A cluster on localhost for the test: Ray's token authentication off on the nodes and the drivers alike
@@ -203,7 +203,7 @@ def test_a_lost_node_costs_its_runs_and_one_lease_and_no_run_is_computed_twice(c
         assert held is not None, "the worker node never held a run:\n" + (tmp_path / "05.log").read_text()[-3000:]
         killed_at = time.time()
         cluster.kill("worker")
-        assert nb.wait(timeout=600) == 0, (tmp_path / "05.log").read_text()[-3000:] + cluster.client_server_logs()
+        assert nb.wait(timeout=600 * SLOW) == 0, (tmp_path / "05.log").read_text()[-3000:] + cluster.client_server_logs()
     finally:
         if nb.poll() is None:
             nb.kill()

@@ -13,6 +13,8 @@ import pytest
 
 from knowinject.train import models
 
+from .conftest import SLOW
+
 
 @pytest.fixture(scope="module")
 def setup(small_world, tmp_path_factory):
@@ -39,7 +41,7 @@ def _run(setup, out, processes):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args]
         env["ACCELERATE_USE_CPU"] = "true"
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600 * SLOW)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads([line for line in r.stdout.splitlines() if line.startswith("{")][-1])
     return summary, pd.read_csv(setup / out / "loss_log.csv")

@@ -13,7 +13,7 @@ import psutil
 
 from knowinject import pipeline
 
-from .conftest import assert_study_b_grid_matches, fresh_cache
+from .conftest import SLOW, assert_study_b_grid_matches, fresh_cache
 
 BOUND_S = pipeline.STOP_S + 10  # the pipeline's own deadline for its kernel and workers, plus its exit
 
@@ -39,7 +39,7 @@ def test_ctrl_c_mid_grid_stops_cleanly_and_a_rerun_resumes(smoke_run, tmp_path):
         # Its own process group, as a terminal's foreground job: Ctrl-C is SIGINT to the whole group.
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 600 * SLOW
         while time.monotonic() < deadline and proc.poll() is None:
             if "local worker processes" in log.read_text() and list((data / "runs").glob("*.claim")):
                 break
@@ -64,7 +64,7 @@ def test_ctrl_c_mid_grid_stops_cleanly_and_a_rerun_resumes(smoke_run, tmp_path):
     assert not list(data.rglob("*.claim")) and not list(data.rglob("*.partial-*")), "a claim or a partial run was left"
     assert "Finished: no notebook. Dropped: 05_study_b" in text and "again to resume" in text
     # The rerun resumes and gives the uninterrupted tables.
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800 * SLOW)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for track in ("tiny", "smollm2"):
         assert_study_b_grid_matches(data, smoke_run, track, one_design=False)

@@ -19,7 +19,7 @@ from knowinject.studies import findings
 
 from knowinject import compare, pipeline
 
-from .conftest import assert_study_b_grid_matches, fresh_cache, results_of
+from .conftest import SLOW, assert_study_b_grid_matches, fresh_cache, results_of
 
 NOTEBOOKS = pipeline.notebooks()
 
@@ -200,7 +200,8 @@ def test_curation_command_reproduces_notebook_03s_slick_counts(smoke_run, tmp_pa
     env = {**os.environ, "KNOWINJECT_DATA": str(smoke_run / "data")}
     out = tmp_path / "geonames.jsonl"
     r = subprocess.run([sys.executable, "-m", "knowinject.eval.curate", "--model", "smollm2", "--facts", "geonames",
-                        "--profile", "smoke", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+                        "--profile", "smoke", "--out", str(out)], env=env, capture_output=True, text=True,
+                       timeout=600 * SLOW)
     assert r.returncode == 0, r.stderr[-3000:]
     scored = pd.read_json(out, lines=True)
     slick = pd.read_csv(_results(smoke_run) / "smollm2_slick.csv")
@@ -340,7 +341,7 @@ def test_figures_notebook_runs_in_jupyterlab_in_a_real_browser(tmp_path):
                 const cells = w.content.widgets.filter(c => c.model.type === 'code');
                 return w.sessionContext.session.kernel.status === 'idle'
                     && cells.every(c => c.model.executionCount !== null && c.model.executionCount > 0);
-            }""", timeout=300_000, polling=1000)
+            }""", timeout=300_000 * SLOW, polling=1000)
             report = page.evaluate("""() => {
                 const w = window.jupyterapp.shell.currentWidget;
                 const cells = w.content.widgets.filter(c => c.model.type === 'code');

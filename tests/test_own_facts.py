@@ -21,7 +21,7 @@ import pytest
 from knowinject.core.config import ConfigError
 
 from knowinject import pipeline
-from tests.conftest import fresh_cache
+from tests.conftest import SLOW, fresh_cache
 from tests.test_own_model import _small_llama
 
 FIRST = ["Vardo", "Orla", "Halvard", "Ysolde", "Tomas", "Marta", "Per", "Ilka", "Bram", "Senna", "Odo", "Livia",
@@ -102,7 +102,7 @@ def _digest(folder: Path) -> dict:
 
 def _pipeline(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke", *args], env=env,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800 * SLOW)
 
 
 @pytest.fixture(scope="module")

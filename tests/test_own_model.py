@@ -17,6 +17,8 @@ from knowinject.core import paths
 
 from knowinject.train import models
 
+from .conftest import SLOW
+
 FOLDER_NAME = "My-Llama_v2"
 SLUG = "my-llama-v2"
 
@@ -55,7 +57,7 @@ def test_notebooks_03_to_06_file_results_under_the_model(tmp_path):
     data, figures = tmp_path / "data", tmp_path / "figures"
     env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(figures)}
     r = subprocess.run([sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke", "01", "02", "03"], env=env,
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=1800 * SLOW)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     smoke = data / "results" / "smoke"
     before = _digest(smoke)
