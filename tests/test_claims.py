@@ -10,6 +10,7 @@ import os
 import threading
 import time
 
+import pandas as pd
 import pytest
 
 from knowinject.core import claims, runs
@@ -147,3 +148,35 @@ def test_six_workers_racing_for_a_stale_claim_compute_the_run_once(tmp_path):
     assert len(runs.ledger(root)) == 1 and runs.ledger(root).run.iloc[0] == folder.name
     assert not list(root.glob("*.claim*")) and not list(root.glob("*.partial-*"))
     assert (folder / "out").read_text() == "done"
+
+
+def test_the_ledger_records_a_takeover_and_how_stale_the_claim_was(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    root.mkdir()
+    folder = root / runs.run_id("lost", {"k": 2})
+    _write_claim(folder, _elsewhere(), age=LEASE / 2)  # its node's last heartbeat, half a lease ago
+    before = time.time()
+    runs.cached_run(root, "lost", {"k": 2}, lambda tmp: (tmp / "out").write_text("done"), verbose=False)
+    runs.cached_run(root, "fresh", {"k": 3}, lambda tmp: (tmp / "out").write_text("done"), verbose=False)
+    rows = runs.ledger(root).set_index("run")
+    lost, fresh = rows.loc[folder.name], rows.loc[runs.run_id("fresh", {"k": 3})]
+    # taken over once the lease ran out, not before, and at most a poll after it did
+    assert lost.took_over_from == "node-that-died"
+    assert LEASE <= lost.stale_s < LEASE + 0.5
+    assert before + LEASE / 2 - 0.1 <= lost.claimed_at <= lost.time
+    assert pd.isna(fresh.took_over_from) and pd.isna(fresh.stale_s) and fresh.claimed_at <= fresh.time
+    # An empty claim is taken over by its age as well, and its holder is recorded as unknown ("").
+    folder = root / runs.run_id("empty", {"k": 4})
+    _write_claim(folder, "", age=2 * LEASE)
+    runs.cached_run(root, "empty", {"k": 4}, lambda tmp: (tmp / "out").write_text("done"), verbose=False)
+    row = runs.ledger(root).set_index("run").loc[folder.name]
+    assert row.took_over_from == "" and row.stale_s >= 2 * LEASE
+
+
+def test_a_ledger_from_before_the_takeover_columns_still_reads(tmp_path):
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / runs.LEDGER).write_text(json.dumps({"run": "r-1", "host": "h", "pid": 1, "time": 1.0, "waited_s": 0.0}) + "\n")
+    table = runs.ledger(root)
+    assert list(table.columns) == ["run", "host", "pid", "time", "waited_s", "claimed_at", "took_over_from", "stale_s"]
+    assert table.run.tolist() == ["r-1"] and table.took_over_from.isna().all()

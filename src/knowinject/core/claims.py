@@ -79,6 +79,14 @@ def is_stale(text: str, st: os.stat_result, now: float | None = None) -> bool:
     return owner_host == host() and not _pid_alive(pid)
 
 
+def _owner_host(text: str) -> str:
+    """The host a claim's text names; ``""`` for an empty or unreadable claim."""
+    try:
+        return str(json.loads(text)["host"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 def _aside(path: Path) -> bool:
     """Rename ``path`` out of the way (atomic: of two callers exactly one succeeds) and delete it."""
     aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
@@ -160,6 +168,12 @@ class claim:
         self.show = show
         self.token = uuid.uuid4().hex
         self.waited_s = 0.0  # how long this worker waited for another's claim (reported by the cluster test)
+        # When the claim was acquired, and, if it was taken over from a lost holder, whose it was and how
+        # long that claim had gone without a heartbeat at the takeover: the run ledger records both, so
+        # whether a takeover honoured the lease is read off the record, not inferred from a run's timing.
+        self.claimed_at: float | None = None
+        self.took_over_from: str | None = None
+        self.stale_s: float | None = None
 
     def __enter__(self):
         me = json.dumps({"host": host(), "pid": os.getpid(), "time": time.time(), "token": self.token})
@@ -172,6 +186,8 @@ class claim:
                 if held is None:
                     continue  # released between the two calls: try again
                 if is_stale(*held) and take_over(self.path, (held[0], held[1].st_ino)):
+                    self.stale_s = time.time() - held[1].st_mtime  # its last heartbeat, as the lease judged it
+                    self.took_over_from = _owner_host(held[0])
                     print(f"took over a stale claim on {self.show(self.folder)} (was {held[0] or 'empty'})")
                     continue
                 if not said:
@@ -182,6 +198,7 @@ class claim:
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self.waited_s = time.monotonic() - start
+            self.claimed_at = time.time()
             _HEARTBEAT.add(self.path, self.token)
             return self
 

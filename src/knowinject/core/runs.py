@@ -54,10 +54,14 @@ def cached_run(root: Path, slug: str, cfg: Any, compute: Callable[[Path], Any], 
     return folder
 
 
-def _record(root: Path, run: str, waited_s: float) -> None:
+def _record(root: Path, run: str, held: claim | None) -> None:
     import json
+    took = held is not None and held.took_over_from is not None
     line = json.dumps({"run": run, "host": claims.host(), "pid": os.getpid(), "time": time.time(),
-                       "waited_s": round(waited_s, 3)}) + "\n"
+                       "waited_s": round(held.waited_s, 3) if held else 0.0,
+                       "claimed_at": held.claimed_at if held else None,
+                       "took_over_from": held.took_over_from if took else None,
+                       "stale_s": round(held.stale_s, 3) if took else None}) + "\n"
     # One write of one short line with O_APPEND: lines from several workers never interleave.
     fd = os.open(root / LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -67,11 +71,17 @@ def _record(root: Path, run: str, waited_s: float) -> None:
 
 
 def ledger(root: Path) -> pd.DataFrame:
-    """Every run finished under ``root``: run, host, pid, time, and how long its worker waited for another's
-    claim on it (``waited_s``), one row per completion."""
+    """Every run finished under ``root``, one row per completion: run, host, pid, time; how long its worker
+    waited for another's claim on it (``waited_s``); when it acquired the claim (``claimed_at``); and, where
+    it took the claim over from a lost holder, that holder's host (``took_over_from``, ``""`` for an
+    unreadable claim) and how long the claim had gone without a heartbeat then (``stale_s``)."""
+    import json
     path = Path(root) / LEDGER
-    return pd.read_json(path, lines=True) if path.exists() and path.stat().st_size else \
-        pd.DataFrame(columns=["run", "host", "pid", "time", "waited_s"])
+    columns = ["run", "host", "pid", "time", "waited_s", "claimed_at", "took_over_from", "stale_s"]
+    lines = path.read_text().splitlines() if path.exists() else []
+    # Records, not pandas' JSON reader: it would read ``claimed_at`` (a name ending in _at) as a date. A
+    # ledger written before the takeover columns gains them empty.
+    return pd.DataFrame.from_records([json.loads(line) for line in lines if line.strip()], columns=columns)
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ class Batch:
         if folder.exists():  # an older unfinished copy (no DONE): replace it
             shutil.rmtree(folder)
         os.replace(tmp, folder)
-        _record(self.root, folder.name, self._claims[i].waited_s if i in self._claims else 0.0)
+        _record(self.root, folder.name, self._claims.get(i))
         return folder
 
     def __exit__(self, *exc):
