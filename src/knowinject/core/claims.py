@@ -178,16 +178,17 @@ class claim:
     def __enter__(self):
         me = json.dumps({"host": host(), "pid": os.getpid(), "time": time.time(), "token": self.token})
         start, said = time.monotonic(), False
+        took = None  # (host, seconds without a heartbeat) of the stale claim this worker just removed
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
+                took = None  # another worker claimed the run first: whatever was taken over is not ours
                 held = _read(self.path)
                 if held is None:
                     continue  # released between the two calls: try again
                 if is_stale(*held) and take_over(self.path, (held[0], held[1].st_ino)):
-                    self.stale_s = time.time() - held[1].st_mtime  # its last heartbeat, as the lease judged it
-                    self.took_over_from = _owner_host(held[0])
+                    took = (_owner_host(held[0]), time.time() - held[1].st_mtime)  # as the lease judged it
                     print(f"took over a stale claim on {self.show(self.folder)} (was {held[0] or 'empty'})")
                     continue
                 if not said:
@@ -199,6 +200,7 @@ class claim:
                 f.write(me)
             self.waited_s = time.monotonic() - start
             self.claimed_at = time.time()
+            self.took_over_from, self.stale_s = took if took else (None, None)
             _HEARTBEAT.add(self.path, self.token)
             return self
 
