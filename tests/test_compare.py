@@ -79,3 +79,34 @@ def test_drift_allows_a_redraw_and_names_what_moved_too_far():
     flip = compare.drift(ref, _findings(0.0, -0.05, -0.01, "not reproduced"))
     assert any("verdict reproduced -> not reproduced" in p for p in flip)
     assert any("only in the reference" in p for p in compare.drift(ref, ref.iloc[:1]))
+
+
+def _stamp(folder, profile, model, features, device="cpu: x86_64"):
+    folder.mkdir(parents=True)
+    (folder / "provenance.json").write_text(json.dumps({"profile": profile, "device": device,
+                                                        "cpu": {"model": model, "features": features}}))
+
+
+def test_the_report_names_the_machines_behind_the_cached_runs_and_flags_a_mix(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.setattr(paths, "MODELS", tmp_path / "models")
+    monkeypatch.setattr(paths, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(compare, "committed", lambda path, ref: None)
+    (tmp_path / "results").mkdir()
+    assert compare.machines("default").empty
+    assert "No cached model or run of profile default" in compare.report("default")[0]
+    _stamp(tmp_path / "models" / "tiny-1", "default", "AMD EPYC", ["avx2", "avx512f", "avx512_bf16"])
+    for i in range(3):
+        _stamp(tmp_path / "runs" / f"study-a-{i}", "default", "AMD EPYC", ["avx2", "avx512f", "avx512_bf16"])
+    _stamp(tmp_path / "runs" / "smoke-run", "smoke", "Intel Xeon", ["avx2", "amx_bf16"])  # another profile's
+    (tmp_path / "runs" / "unfinished.partial-1").mkdir()  # no provenance yet: not counted
+    one = compare.machines("default")
+    assert len(one) == 1 and one.runs.iloc[0] == 4 and one.cpu.iloc[0] == "AMD EPYC"
+    text, _ = compare.report("default")
+    assert "AMD EPYC" in text and "mix" not in text
+    # one node of a cluster without bf16: the same config keys, another instrument
+    _stamp(tmp_path / "runs" / "study-a-9", "default", "AMD EPYC", ["avx2"])
+    two = compare.machines("default")
+    assert len(two) == 2 and list(two.runs) == [4, 1] and "avx2" in list(two["bf16 / AMX features"])
+    assert "results mix 2 kinds of machine" in compare.report("default")[0]

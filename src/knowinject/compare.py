@@ -3,7 +3,8 @@
 For every claim and track: whether the verdict is the same, and whether the new effect lies inside the
 committed two-stage interval. For every result table: the largest deviation over the values both
 runs have (timings left out: they measure the machine). For both runs: the CPU with its bf16 / AMX
-features, the precision and the commit. Exit status 1 when any verdict moved between reproduced and not
+features, the precision and the commit, and which machines computed this run's cached models and runs (more
+than one kind means its results mix instruments). Exit status 1 when any verdict moved between reproduced and not
 reproduced (either way), 0 otherwise; the report goes to stdout and to ``build/compare-<profile>.md``.
 
 "Committed" is the version of each table at a git revision (``--ref``, default ``HEAD``); "this run" is
@@ -68,6 +69,30 @@ def _run_facts(prov: dict | None, pretrain: dict | None) -> dict:
             "bf16 / AMX features": ", ".join(features) if features else ("none" if features == [] else "not recorded"),
             "precision": (pretrain or {}).get("precision", "not recorded"),
             "created": prov.get("created_utc", "unknown")}
+
+
+def machines(profile: str) -> pd.DataFrame:
+    """The machines that computed this checkout's cached pretrained models and runs of ``profile`` (each
+    folder's ``provenance.json`` under ``data/models`` and ``data/runs``): CPU model, bf16 / AMX features and
+    device, with how many folders each computed. Runs are keyed by their config, not by the machine, and
+    bf16 arithmetic differs between these features, so more than one row means this run's results mix
+    instruments: a cache copied from another machine, or a Ray cluster of unlike nodes."""
+    rows = []
+    for root in (paths.MODELS, paths.RUNS):
+        for prov in sorted(Path(root).glob("*/provenance.json")):
+            try:
+                p = json.loads(prov.read_text())
+            except (OSError, ValueError):
+                continue
+            if p.get("profile") != profile:
+                continue
+            facts = _run_facts(p, None)
+            rows.append({"cpu": facts["cpu"], "bf16 / AMX features": facts["bf16 / AMX features"],
+                         "device": p.get("device", "unknown")})
+    columns = ["cpu", "bf16 / AMX features", "device", "runs"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows).value_counts(sort=True).rename("runs").reset_index()[columns]
 
 
 def _cell(r, pre: str, side: str, verdict, absent: str) -> str:
@@ -173,6 +198,18 @@ def report(profile: str = "default", ref: str = "HEAD") -> tuple[str, bool]:
     pre_old, pre_new = (json.loads(t) if isinstance(t, str) else None for t in load("tiny_pretrain.json"))
     facts = pd.DataFrame({"committed": _run_facts(prov_old, pre_old), "this run": _run_facts(prov_new, pre_new)})
     out += ["## The two runs", "", _md(facts, index=True), ""]
+    kinds = machines(profile)
+    out += ["## The machines behind this run's cached models and runs", ""]
+    if kinds.empty:
+        out += [f"No cached model or run of profile {profile} under `{paths.show(paths.DATA)}`: nothing to check.", ""]
+    else:
+        out += [_md(kinds), ""]
+        if len(kinds) > 1:
+            out += [f"**This run's results mix {len(kinds)} kinds of machine.** Runs are cached by their config, "
+                    "not by the machine that computed them, and bf16 arithmetic differs between CPUs, so these "
+                    "results combine instruments that would not agree run for run (a cache copied from another "
+                    "machine, or a Ray cluster of unlike nodes). Compare within one kind: rerun in a fresh data "
+                    "folder (`KNOWINJECT_DATA`) on one machine.", ""]
     old, new = load("findings.csv")
     flipped = False
     if old is None or new is None:
@@ -194,8 +231,9 @@ def report(profile: str = "default", ref: str = "HEAD") -> tuple[str, bool]:
             rows.append({"table": path.name, "note": "not committed" if o is None else "missing in this run"})
             continue
         rows.append({"table": path.name, **deviation(o, n)})
-    out += ["## Result tables", "", "Largest absolute deviation over the values both runs have (timings left "
-            "out).", "", _md(pd.DataFrame(rows)), ""]
+    out += ["## Result tables", ""]
+    out += (["Largest absolute deviation over the values both runs have (timings left out).", "",
+             _md(pd.DataFrame(rows)), ""] if rows else [f"No result tables under `{paths.show(folder)}`.", ""])
     if flipped:
         out += ["**A verdict moved between reproduced and not reproduced** (exit status 1).", ""]
     return "\n".join(out), flipped
