@@ -12,7 +12,8 @@ training-template knownness by exposure bucket, people whose QA was never in pre
 02's checks. Writes ``data/results/tiny_instrument.csv`` and prints the spread at 31-100 mentions
 against the +/-5 point tolerance the instrument is held to.
 
-Usage: ``python -m knowinject.bench.instrument [--seeds 0 1 2] [--no-fp32] [--profile default]``.
+Usage: ``python -m knowinject.bench.instrument [--seeds 0 1 2] [--no-fp32] [--profile default] [--out NAME]``
+(``--out`` keeps another machine's measurement beside this one's, e.g. ``tiny_instrument_amx.csv``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 pretraining of the first seed")
+    ap.add_argument("--out", default="tiny_instrument.csv",
+                    help="file name in the profile's results folder (another machine's draws beside this one's)")
     args = ap.parse_args(argv)
+    if not args.out.endswith(".csv") or "/" in args.out:
+        ap.error(f"--out {args.out!r}: give a file name ending in .csv (it is written to the results folder)")
     draws = [(s, "auto") for s in args.seeds] + ([] if args.no_fp32 else [(args.seeds[0], "fp32")])
     parts = []
     for seed, precision in draws:
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     s = storage.spread(table)
     print(f"held-out storage at {s['bucket']} mentions: {s['storage']}; largest move from seed {args.seeds[0]} bf16 "
           f"{s['largest move']:.3f} ({'within' if s['within tolerance'] else 'outside'} +/-{storage.TOLERANCE})")
-    print(save_table(table, paths.results_dir(args.profile) / "tiny_instrument.csv", profile=args.profile,
+    print(save_table(table, paths.results_dir(args.profile) / args.out, profile=args.profile,
                      draws=[{"seed": d[0], "precision": d[1]} for d in draws], spread=s))
     return 0
 
