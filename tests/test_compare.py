@@ -52,6 +52,17 @@ def test_deviation_aligns_rows_by_their_labels_and_ignores_timings():
     assert abs(d["largest deviation"] - 0.03) < 1e-12 and d["in column"] == "em" and d["rows compared"] == 2
 
 
+def test_deviation_keeps_rows_whose_later_labels_quote_a_number_that_moved():
+    # findings.csv's B3 metric text quotes the generic-answer rate: the row is the same claim, not a new one
+    old = pd.DataFrame({"claim": ["A1", "B3", "B3"], "track": ["tiny", "tiny", "smollm2"],
+                        "metric": ["em", "attention (rate +0.038)", "attention (rate +0.023)"],
+                        "effect": [0.07, 0.046, 0.011]})
+    new = old.assign(metric=["em", "attention (rate +0.115)", "attention (rate -0.001)"],
+                     effect=[0.07, 0.022, 0.011])
+    d = compare.deviation(old, new)
+    assert d["rows compared"] == 3 and abs(d["largest deviation"] - 0.024) < 1e-12 and d["in column"] == "effect"
+
+
 def test_report_exits_non_zero_when_a_verdict_flips(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "RESULTS", tmp_path)
     monkeypatch.setattr(paths, "ROOT", tmp_path)

@@ -163,9 +163,13 @@ def deviation(old: pd.DataFrame, new: pd.DataFrame) -> dict:
            and new[c].dtype.kind in "fiub"]
     # Rows are identified by their labels, not by their outcomes (a verdict that changed is a row that
     # moved, not a new row), and a label column one run lacks (all empty there) identifies nothing.
-    keys = [c for c in old.columns if c in new.columns and c not in num and c not in TIMING and c not in OUTCOMES
-            and old[c].notna().any() and new[c].notna().any()]
-    if keys and not old.duplicated(keys).any() and not new.duplicated(keys).any():
+    labels = [c for c in old.columns if c in new.columns and c not in num and c not in TIMING and c not in OUTCOMES
+              and old[c].notna().any() and new[c].notna().any()]
+    # The fewest leading labels that identify every row on both sides: a later label can carry a number
+    # (findings' B3 metric quotes its generic-answer rate), and keying on it would drop the rows it moved in.
+    keys = next((labels[:k] for k in range(1, len(labels) + 1)
+                 if not old.duplicated(labels[:k]).any() and not new.duplicated(labels[:k]).any()), [])
+    if keys:
         label = {c: str for c in keys}  # one dtype on both sides (a CSV column reads as float where it is empty)
         both = old[keys + num].astype(label).merge(new[keys + num].astype(label), on=keys, how="inner",
                                                    suffixes=("_old", "_new"))
