@@ -2,8 +2,11 @@
 pretraining draws, against +/-5 points (eval.storage, used by notebook 02 and make instrument)."""
 
 import pandas as pd
+import pytest
 
 from knowinject.eval import storage
+
+from knowinject.bench import instrument
 
 
 def _table(values):
@@ -38,3 +41,12 @@ def test_curves_count_only_people_whose_qa_was_never_in_pretraining():
     c = storage.curves_by_bucket(scored).set_index("measure")
     assert c.loc["held-out templates", "mean"] == 0.5 and c.loc["held-out templates", "n"] == 2
     assert c.loc["training templates", "mean"] == 1.0 and set(c.bucket) == {"31-100"}
+
+
+def test_the_command_refuses_a_results_name_or_setting_it_cannot_use(capsys):
+    # checked before any pretraining starts, so a typo costs nothing
+    for argv, said in ((["--out", "curves.txt"], "ending in .csv"), (["--out", "../x.csv"], "ending in .csv"),
+                       (["--set", "epochs"], "KEY=VALUE"), (["--set", "seed=3"], "other than seed and precision")):
+        with pytest.raises(SystemExit) as e:
+            instrument.main(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err

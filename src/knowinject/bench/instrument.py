@@ -13,7 +13,8 @@ training-template knownness by exposure bucket, people whose QA was never in pre
 against the +/-5 point tolerance the instrument is held to.
 
 Usage: ``python -m knowinject.bench.instrument [--seeds 0 1 2] [--no-fp32] [--profile default] [--out NAME]``
-(``--out`` keeps another machine's measurement beside this one's, e.g. ``tiny_instrument_amx.csv``).
+(``--out`` keeps another machine's measurement beside this one's, e.g. ``tiny_instrument_amx.csv``;
+``--set epochs=3`` measures a candidate recipe, one pretrain-stage setting changed, over the same seeds).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import sys
 
 import pandas as pd
+import yaml
 
 from knowinject.core import paths
 from knowinject.core.config import build, stage_params
@@ -35,11 +37,13 @@ from knowinject.train import pretrain
 from knowinject.eval import storage
 
 
-def measure(profile: str, seed: int, precision: str) -> pd.DataFrame:
-    """One pretraining of the profile's recipe (``seed``, ``precision``): storage by bucket, both measures."""
+def measure(profile: str, seed: int, precision: str, changes: dict | None = None) -> pd.DataFrame:
+    """One pretraining of the profile's recipe (``seed``, ``precision``, and any ``changes`` to the pretrain
+    stage, a candidate recipe): storage by bucket, both measures."""
     wcfg = build(world.WorldConfig, stage_params(profile, "world"), "world")
     rcfg = build(geo.RealWorldConfig, stage_params(profile, "realworld"), "realworld")
-    pcfg = build(pretrain.PretrainConfig, {**stage_params(profile, "pretrain"), "seed": seed, "precision": precision},
+    pcfg = build(pretrain.PretrainConfig, {**stage_params(profile, "pretrain"), **(changes or {}), "seed": seed,
+                                                  "precision": precision},
                  "pretrain")
     w = worldfiles.build(wcfg, rcfg, profile)
     folder = pretrain.pretrain_base(w, pcfg, profile)
@@ -55,14 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 pretraining of the first seed")
     ap.add_argument("--out", default="tiny_instrument.csv",
                     help="file name in the profile's results folder (another machine's draws beside this one's)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="change pretrain-stage settings (a candidate recipe), e.g. --set epochs=3")
     args = ap.parse_args(argv)
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key in ("seed", "precision"):
+            ap.error(f"--set {item!r}: give KEY=VALUE for a pretrain setting other than seed and precision "
+                     "(those are --seeds and the fp32 draw)")
+        changes[key] = yaml.safe_load(value)  # 3 -> int, 0.001 -> float, true -> bool, as in the profile YAML
     if not args.out.endswith(".csv") or "/" in args.out:
         ap.error(f"--out {args.out!r}: give a file name ending in .csv (it is written to the results folder)")
     draws = [(s, "auto") for s in args.seeds] + ([] if args.no_fp32 else [(args.seeds[0], "fp32")])
     parts = []
     for seed, precision in draws:
         print(f"== seed {seed}, precision {precision}", flush=True)
-        parts.append(measure(args.profile, seed, precision))
+        parts.append(measure(args.profile, seed, precision, changes))
     table = pd.concat(parts, ignore_index=True)
     view = table.pivot_table(index=["measure", "seed", "precision"], columns="bucket", values="mean", sort=False)
     print(view.reindex(columns=[b for b in world.EXPOSURE_LABELS if b in view.columns]).round(3).to_string())
@@ -70,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"held-out storage at {s['bucket']} mentions: {s['storage']}; largest move from seed {args.seeds[0]} bf16 "
           f"{s['largest move']:.3f} ({'within' if s['within tolerance'] else 'outside'} +/-{storage.TOLERANCE})")
     print(save_table(table, paths.results_dir(args.profile) / args.out, profile=args.profile,
-                     draws=[{"seed": d[0], "precision": d[1]} for d in draws], spread=s))
+                     draws=[{"seed": d[0], "precision": d[1]} for d in draws], changes=changes, spread=s))
     return 0
 
 
