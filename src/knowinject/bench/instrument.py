@@ -24,10 +24,9 @@ import json
 import sys
 
 import pandas as pd
-import yaml
 
 from knowinject.core import paths
-from knowinject.core.config import build, stage_params
+from knowinject.core.config import ConfigError, build, stage_params
 from knowinject.core.provenance import save_table
 
 from knowinject.data import geo, world, worldfiles
@@ -36,15 +35,16 @@ from knowinject.train import pretrain
 
 from knowinject.eval import storage
 
+from knowinject.pipeline import parse_overrides
+
 
 def measure(profile: str, seed: int, precision: str, changes: dict | None = None) -> pd.DataFrame:
     """One pretraining of the profile's recipe (``seed``, ``precision``, and any ``changes`` to the pretrain
     stage, a candidate recipe): storage by bucket, both measures."""
     wcfg = build(world.WorldConfig, stage_params(profile, "world"), "world")
     rcfg = build(geo.RealWorldConfig, stage_params(profile, "realworld"), "realworld")
-    pcfg = build(pretrain.PretrainConfig, {**stage_params(profile, "pretrain"), **(changes or {}), "seed": seed,
-                                                  "precision": precision},
-                 "pretrain")
+    params = {**stage_params(profile, "pretrain"), **(changes or {}), "seed": seed, "precision": precision}
+    pcfg = build(pretrain.PretrainConfig, params, "pretrain")
     w = worldfiles.build(wcfg, rcfg, profile)
     folder = pretrain.pretrain_base(w, pcfg, profile)
     scored = storage.stored_knowledge_run(folder, w, wcfg.qa_fraction, wcfg.seed, profile)
@@ -62,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="change pretrain-stage settings (a candidate recipe), e.g. --set epochs=3")
     args = ap.parse_args(argv)
-    changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key in ("seed", "precision"):
-            ap.error(f"--set {item!r}: give KEY=VALUE for a pretrain setting other than seed and precision "
-                     "(those are --seeds and the fp32 draw)")
-        changes[key] = yaml.safe_load(value)  # 3 -> int, 0.001 -> float, true -> bool, as in the profile YAML
+    try:  # the pipeline's own NAME=VALUE reading (3 -> int, 0.001 -> float, True -> bool)
+        changes = parse_overrides(args.set)
+    except ConfigError:
+        changes = None
+    if changes is None or {"seed", "precision"} & changes.keys():
+        ap.error(f"--set {' '.join(args.set)!r}: give KEY=VALUE for pretrain settings other than seed and "
+                 "precision (those are --seeds and the fp32 draw)")
     if not args.out.endswith(".csv") or "/" in args.out:
         ap.error(f"--out {args.out!r}: give a file name ending in .csv (it is written to the results folder)")
     draws = [(s, "auto") for s in args.seeds] + ([] if args.no_fp32 else [(args.seeds[0], "fp32")])
