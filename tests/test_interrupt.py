@@ -63,6 +63,8 @@ def test_ctrl_c_mid_grid_stops_cleanly_and_a_rerun_resumes(smoke_run, tmp_path):
     assert not _live(tree), f"processes outlived the pipeline: {_live(tree)}"
     assert not list(data.rglob("*.claim")) and not list(data.rglob("*.partial-*")), "a claim or a partial run was left"
     assert "Finished: no notebook. Dropped: 05_study_b" in text and "again to resume" in text
+    # the pipeline's message alone: no thread's or cell's traceback before it (InvalidStateError: CANCELLED was one)
+    assert "Traceback" not in text and "InvalidStateError" not in text, text[-3000:]
     # The rerun resumes and gives the uninterrupted tables.
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800 * SLOW)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

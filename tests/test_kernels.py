@@ -107,9 +107,12 @@ def test_forwards_are_restored_and_uncovered_layers_keep_theirs():
     assert not any("forward" in vars(m) for m in plain.modules())  # restored on the exception too
 
 
-def test_lora_runs_have_their_own_cache_key():
+def test_lora_runs_have_their_own_cache_key(monkeypatch):
     """Runs trained through the kernels are not the runs trained through peft's forward."""
+    from knowinject.train import models
     from knowinject.train.tracks import Track
+
+    monkeypatch.setattr(models, "content_key", lambda name: "sha256:" + "0" * 64)  # no model needed for this rule
 
     lora = Track("smollm2", "x", "lora", 1e-3, 8, "bf16", 16, "heldout")
     full = Track("tiny", "x", "full", 1e-3, 8, "fp32", 16, "heldout")

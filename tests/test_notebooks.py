@@ -174,8 +174,22 @@ def test_smoke_06_figures_and_findings(smoke_run):
     figures = smoke_run / "figures" / "smoke"
     for name in ("world_exposure", "tiny_pretrain_loss", "tiny_storage_by_base", "smollm2_slick_by_popularity",
                  "study_a_A1_formats", "study_a_A5_persona_and_style", "study_b_B1_B2_accuracy_by_condition",
-                 "study_b_B1_by_popularity_level", "study_b_B3_attention_and_generic_answers", "study_b_theory_model"):
+                 "study_b_B1_by_popularity_level", "study_b_B3_attention_and_generic_answers", "study_b_theory_model",
+                 "claims"):
         assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists(), name
+    # The paper's effect where it states one (B1 5-10 points, B2's and A5's margins), empty where a direction only.
+    stated = table.set_index(["claim", "track"]).paper_effect.fillna("").groupby(level="claim").first()
+    assert stated.B1 == "+0.05 to +0.10" and stated.B2.startswith("margin") and stated.A1 == ""
+
+
+def test_the_claims_figure_has_one_row_per_claim_and_track_of_findings(smoke_run):
+    """figures/claims.png is drawn from findings.csv alone: one labelled row per claim and track, in its order."""
+    from knowinject import plots
+    table = pd.read_csv(_results(smoke_run) / "findings.csv")
+    fig = plots.claims(table)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == [f"{c}  {t}" for c, t in zip(table.claim, table.track)]
+    assert len(set(labels)) == len(table)
 
 
 def test_smoke_claims_agree_with_the_committed_reference(smoke_run):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -468,22 +469,30 @@ def test_a_multiple_choice_answer_is_the_letter_ranked_first_and_trains_on_the_l
         mmlu.require_study_b()  # the fixture's 3 + 1 questions cannot be split
 
 
-def test_each_pretrained_base_keys_its_own_runs(tmp_path):
-    """The tiny model's folder is ``model`` in every pretraining run: a run's key must name the run (the
-    pretraining's hash), or the K bases share their base evaluations (seed None) and a re-pretrained
-    model is served another model's cached runs."""
-    made = {}
-    for name in ("tiny-0000000001", "tiny-0000000002"):
-        (tmp_path / name / "model").mkdir(parents=True)
-        made[name] = tracks.Track("tiny", str(tmp_path / name / "model"), "full", 1e-3, 8, "fp32")
-    a, b = made.values()
-    assert a.key["model"] == "tiny-0000000001" and a.key != b.key
+def test_runs_are_keyed_by_the_models_weights_not_its_folder(small_world, tmp_path):
+    """The tiny model's folder is ``model`` in every pretraining run, and a user's folders share names
+    (``output/final``): a run's key names the weights. Two bases key two runs; two folders of the same name
+    with other weights key other runs; the same weights in another folder, and a model saved again with
+    the same weights, key the same runs; a model saved again with other weights keys new ones."""
+    from tests.conftest import small_llama
+
+    def track(folder):
+        return tracks.Track("tiny", str(folder), "full", 1e-3, 8, "fp32")
+
+    a = track(small_llama(small_world, tmp_path / "tiny-0000000001" / "model", seed=1))
+    b = track(small_llama(small_world, tmp_path / "tiny-0000000002" / "model", seed=2))
+    assert a.key["model"].startswith("sha256:") and a.key != b.key
+    assert a.key["model"] == "sha256:" + models.identity(a.model)["weights_sha256"]["model.safetensors"]
     cfg = study_b.design.StudyBConfig()
     items = pd.DataFrame({"item_id": ["f1-t0"]})
     keys = [study_b.compute.run_key(t, "w", items, pd.DataFrame({"fact_id": []}), "base", None, cfg) for t in (a, b)]
     assert runs.run_id("study-b-tiny-base", keys[0]) != runs.run_id("study-b-tiny-base", keys[1])
-    (tmp_path / "my-llama").mkdir()  # any other local folder is still named by itself
-    assert tracks.Track("smollm2", str(tmp_path / "my-llama"), "lora", 1e-3, 8, "fp32").key["model"] == "my-llama"
+    copy = tmp_path / "elsewhere" / "my-model"
+    shutil.copytree(a.model, copy)
+    assert track(copy).key == a.key  # the content, not the place
+    first = track(small_llama(small_world, tmp_path / "x" / "final", seed=3)).key
+    assert track(small_llama(small_world, tmp_path / "y" / "final", seed=4)).key != first  # same name, other weights
+    assert track(small_llama(small_world, tmp_path / "x" / "final", seed=4)).key != first  # saved again over it
 
 
 def test_claims_over_several_bases_resample_the_bases_and_count_them():

@@ -95,6 +95,23 @@ def machines(profile: str) -> pd.DataFrame:
     return pd.DataFrame(rows).value_counts(sort=True).rename("runs").reset_index()[columns]
 
 
+def identities(folder: Path, load) -> pd.DataFrame:
+    """The models behind each side's result tables, from their provenance: per track (and tiny base), the
+    content key (the weights' sha256, a hub id's commit) the tables record, committed and in this run, so a
+    reader sees whether the two runs read the same models."""
+    rows: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.provenance.json")):
+        for side, text in zip(("committed", "this run"), load(path.name)):
+            meta = json.loads(text) if isinstance(text, str) else {}
+            for name, ident in (meta.get("models") or {}).items():
+                if isinstance(ident, dict):
+                    key = ident.get("content_key") or (
+                        "sha256:" + next(iter(ident["weights_sha256"].values()))
+                        if len(ident.get("weights_sha256") or {}) == 1 else None)
+                    rows.setdefault(name, {"model": name})[side] = key or "-"
+    return pd.DataFrame(list(rows.values()), columns=["model", "committed", "this run"]).fillna("-")
+
+
 def _cell(r, pre: str, side: str, verdict, absent: str) -> str:
     """One run's effect, interval and verdict for a claim, or ``absent`` where that run has no such claim."""
     if not isinstance(verdict, str):
@@ -214,6 +231,12 @@ def report(profile: str = "default", ref: str = "HEAD") -> tuple[str, bool]:
                     "results combine instruments that would not agree run for run (a cache copied from another "
                     "machine, or a Ray cluster of unlike nodes). Compare within one kind: rerun in a fresh data "
                     "folder (`KNOWINJECT_DATA`) on one machine.", ""]
+    models = identities(folder, load)
+    if not models.empty:
+        same = int((models["committed"] == models["this run"]).sum())
+        out += ["## The models behind the result tables", "",
+                f"Content keys (sha256 of the weights) the tables' provenance records: {same} of {len(models)} the "
+                "same in both runs.", "", _md(models), ""]
     old, new = load("findings.csv")
     flipped = False
     if old is None or new is None:

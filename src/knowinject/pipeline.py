@@ -224,9 +224,56 @@ def main(argv: list[str] | None = None) -> int:
         stop.restore(previous)  # main() may be called from another program (the tests): leave its handlers
 
 
+def _folders() -> set[Path]:
+    """Every folder below the results and figures roots now (a failed start removes the empty ones it made)."""
+    return {p for root in (paths.RESULTS, paths.FIGURES) if root.is_dir() for p in root.rglob("*") if p.is_dir()}
+
+
+def _remove_empty(before: set[Path]) -> None:
+    """Remove the folders made since ``before`` that hold nothing, deepest first: a run that failed or was
+    stopped leaves no empty results or figures folder behind (a folder holding a file is kept)."""
+    for folder in sorted(_folders() - before, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass
+
+
+def preflight(chosen: list[Path], profile: str, overrides: dict) -> None:
+    """Judge everything the inputs alone can tell before any notebook starts, loading no weights: the model
+    folder's files and config (its architecture must be a causal LM that ``AutoModelForCausalLM`` maps), the
+    fact table's layout, encoding and the sizes Study B needs (a relation of 4 or more facts, subjects enough
+    for a pool and a test half). A bad input fails here in seconds, not after notebook 03 has scored it."""
+    def param(name: str):
+        for nb in chosen:
+            if name in _declared(nb):
+                return {**notebook_params(profile, nb.stem), **overrides}.get(name)
+        return None
+
+    model_name, facts_path = param("model_name"), param("facts_path")
+    if model_name and model_name != "smollm2":
+        from knowinject.train import models
+        models.check_name(model_name)
+    if facts_path:
+        from knowinject.core.config import build, stage_params
+
+        from knowinject.studies.study_b.design import StudyBConfig
+        from knowinject.studies.study_b.factset import FactSet
+
+        facts = FactSet(facts_path, param("facts_format") or None)
+        facts.facts  # noqa: B018 - reads and validates the table: layout, columns, encoding
+        if any(nb.stem.startswith("05") for nb in chosen):
+            facts.preflight(build(StudyBConfig, stage_params(profile, "study_b_smollm2"), "study_b_smollm2"))
+
+
 def _run(args, stop: Interrupt) -> int:
+    from knowinject.data.facts import FactTableError
+
+    from knowinject.train.models import ModelNotFound
+
     done: list[str] = []
     chosen: list[Path] = []
+    before = _folders()
     try:
         check_profile(args.profile)
         chosen = resolve(args.notebooks)
@@ -238,12 +285,14 @@ def _run(args, stop: Interrupt) -> int:
         for nb in chosen:  # check every notebook's parameters before spending time on the first
             check_parameters(nb, {**notebook_params(args.profile, nb.stem),
                                   **{k: v for k, v in overrides.items() if k in _declared(nb)}})
+        preflight(chosen, args.profile, overrides)
         for nb in chosen:
             if stop.count:
                 break
             run_notebook(nb, args.profile, overrides)
             done.append(nb.stem)
-    except (ConfigError, NotebookFailed) as e:
+    except (ConfigError, NotebookFailed, FactTableError, ModelNotFound) as e:
+        _remove_empty(before)
         if not stop.count:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -252,6 +301,7 @@ def _run(args, stop: Interrupt) -> int:
             raise
     if stop.count:
         stop.finish()
+        _remove_empty(before)
         dropped = [nb.stem for nb in chosen if nb.stem not in done]
         print(f"stopped by an interrupt. Finished: {', '.join(done) or 'no notebook'}. Dropped: "
               f"{', '.join(dropped) or 'nothing'} (the interrupted notebook's finished runs are kept in the cache, "

@@ -20,6 +20,7 @@ Usage: ``folders = executor.map_tasks(functools.partial(compute, track, ...), ba
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -151,6 +152,7 @@ def stop_workers(grace_s: float = 10.0) -> None:
     global _POOL
     if _POOL is None:
         return
+    _quiet_broken_pool()
     pool, _POOL = _POOL[2], None
     procs = list(getattr(pool, "_processes", {}).values())
     for p in procs:
@@ -162,6 +164,26 @@ def stop_workers(grace_s: float = 10.0) -> None:
         if p.is_alive():
             p.kill()
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _quiet_broken_pool() -> None:
+    """Python 3.11's pool manager thread, finding its workers stopped, sets an exception on every pending
+    future, and a future this module has just cancelled answers with ``InvalidStateError: CANCELLED`` (a
+    traceback printed by the thread before the pipeline's own message; Python 3.12 guards the call). The
+    cancelled future's task never ran, so that exception says nothing: it alone is kept off the screen."""
+    from concurrent.futures import InvalidStateError
+
+    previous = threading.excepthook
+    if getattr(previous, "_knowinject_quiet", False):
+        return
+
+    def hook(args):
+        if isinstance(args.exc_value, InvalidStateError) and "CANCELLED" in str(args.exc_value):
+            return
+        previous(args)
+
+    hook._knowinject_quiet = True
+    threading.excepthook = hook
 
 
 def _pool(n: int):

@@ -79,9 +79,25 @@ def load(path: str | Path, format: str | None = None) -> pd.DataFrame:
     fmt = (format or detect_format(path)).lower()
     if fmt not in FORMATS:
         raise FactTableError(f"{path}: unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        require_utf8(f)
     table = {"jsonl": _plain, "csv": _plain, "popqa": _popqa, "entityquestions": _entityquestions,
              "mmlu": _mmlu}[fmt](path, fmt)
     return _validate(table, path)
+
+
+def require_utf8(path: Path) -> None:
+    """Every layout is read as UTF-8: say where a file is not, rather than a reader's bare UnicodeDecodeError."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FactTableError(
+            f"{path}: not UTF-8: byte {e.start} (line {line}) is {data[e.start:e.start + 1]!r}, which UTF-8 cannot "
+            f"start or continue a character with ({e.reason}). Fact tables are read as UTF-8: convert the file, "
+            f"e.g. `iconv -f latin1 -t utf-8 {path.name} > {Path(path).stem}.utf8{Path(path).suffix}`, and pass that."
+        ) from None
 
 
 # Folder names that say where a benchmark keeps a split, not which benchmark it is (EntityQuestions'

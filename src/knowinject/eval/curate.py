@@ -107,7 +107,7 @@ def score(model_name: str, facts_path: str | Path, cfg: knownness.KnownnessConfi
     mc = "options" in table
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     ident, facts_sha = models.identity(model_name), file_hash(Path(facts_path))
-    base_key = {"model": ident.get("weights_sha256") or ident["model"], "facts": facts_sha,
+    base_key = {"model": models.content_key(model_name), "facts": facts_sha,
                 "format": facts_format, "chunk": chunk, "knownness": {**asdict(cfg), "precision": precision},
                 "measure": "multiple-choice-v1" if mc else "qa-v1"}
     loaded = {}

@@ -11,7 +11,6 @@ Usage: ``table = knownness.measure(model, tok, facts, qa, KnownnessConfig())``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -125,7 +124,7 @@ def measure_run(model_name: str, facts_table: str, world, cfg: KnownnessConfig, 
     (``realworld`` or ``facts``), cached as a run keyed by all of them."""
     qa_table = "qa_realworld" if facts_table == "realworld" else "qa"
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
-    key = {"model": Path(str(model_name)).name if Path(str(model_name)).exists() else str(model_name),
+    key = {"model": models.content_key(model_name),  # the weights, never a folder's name
            "world": world.folder.name, "facts": facts_table, "subset": subset,
            "knownness": {**asdict(cfg), "precision": precision}}
     if precision == "fp32":  # the key of every measurement made before the precision was a setting

@@ -45,7 +45,8 @@ def stored_knowledge(model, tokenizer, world: WorldFiles, qa_fraction: float, se
 def stored_knowledge_run(model_folder: Path, world: WorldFiles, qa_fraction: float, seed: int,
                          profile: str | None = None) -> pd.DataFrame:
     """:func:`stored_knowledge` of a pretrained model, cached next to it as ``stored_knowledge.jsonl``."""
-    key = {"model": model_folder.name, "world": world.folder.name, "eval": "stored_knowledge-all-templates-v2"}
+    key = {"model": models.content_key(model_folder / "model"), "world": world.folder.name,
+           "eval": "stored_knowledge-all-templates-v2"}
 
     def make() -> pd.DataFrame:
         model, tok = models.load(model_folder / "model")

@@ -61,7 +61,7 @@ COLUMNS = ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high
            "n_items", "n_seeds", "n_bases", "base_share", "mde", "verdict", "reason", "mean_a", "mean_b",
            "replication_effect", "replication_ci_low", "replication_ci_high", "replication_n_items",
            "replication_n_seeds", "replication_n_bases", "replication_verdict", "replication_reason",
-           "replication_mean_a", "replication_mean_b"]
+           "replication_mean_a", "replication_mean_b", "paper_effect", "paper_low", "paper_high"]
 CLAIM_COLUMNS = ["claim", "track", "design", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low",
                  "item_ci_high", "n_items", "n_seeds", "n_bases", "base_share", "mde", "verdict", "reason", "mean_a",
                  "mean_b"]
@@ -74,6 +74,12 @@ DESIGNS = ("main", "replication")
 TRACK_ORDER = ("smollm2", "tiny", "one-layer")
 B2_MARGIN = 0.03   # "matches": within 3 points (the paper's gaps are 5-10 points)
 A5_MARGIN = 0.10   # "not fundamentally harder": within 10 points (the motivating gap was 86 points)
+# What the paper states of a claim's size, where it states one (the rest state a direction only): the text
+# the claims table shows, and the interval [low, high] a figure draws as the reference (NaN: open-ended).
+PAPER = {"B1": ("+0.05 to +0.10", 0.05, 0.10),
+         "B2": (f"margin -{B2_MARGIN:.2f}", -B2_MARGIN, math.nan),
+         "A5": (f"margin +/-{A5_MARGIN:.2f}", -A5_MARGIN, A5_MARGIN)}
+PAPER_COLUMNS = ["paper_effect", "paper_low", "paper_high"]
 
 
 def _nan(*xs) -> bool:
@@ -196,6 +202,8 @@ def combine(claims: pd.DataFrame) -> pd.DataFrame:
                                                   "n_seeds", "n_bases", "verdict", "reason", "mean_a", "mean_b"]]
     rep = rep.rename(columns={c: f"replication_{c}" for c in rep.columns if c not in ("claim", "track")})
     out = main.merge(rep, on=["claim", "track"], how="left")
+    paper = [PAPER.get(c, ("", math.nan, math.nan)) for c in out.claim]
+    out = out.assign(**{name: [p[i] for p in paper] for i, name in enumerate(PAPER_COLUMNS)})
     # A claim measured without a replication (Study B in multiple choice) leaves its counts empty: kept as
     # integers, not turned into floats for every row.
     counts = ["replication_n_items", "replication_n_seeds", "replication_n_bases"]
@@ -241,6 +249,20 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compact(table: pd.DataFrame) -> str:
+    """The front page's claims table, one line a row: claim, track, effect [95% CI], verdict (the replication's
+    beside it), the paper's effect. Every other column stays in ``findings.csv`` / ``findings.md``."""
+    lines = ["| claim | track | effect [95% CI] | verdict | replication | paper |", "|" + "---|" * 6]
+    for r in table.itertuples():
+        rep = "-" if not isinstance(r.replication_verdict, str) else (
+            f"{_ci(r.replication_effect, r.replication_ci_low, r.replication_ci_high)} "
+            f"{_verdict(r.replication_verdict, r.replication_reason)}")
+        paper = r.paper_effect if isinstance(r.paper_effect, str) and r.paper_effect else "direction"
+        lines.append(f"| {r.claim} | {r.track} | {_ci(r.effect, r.ci_low, r.ci_high)} | "
+                     f"{_verdict(r.verdict, r.reason, bold=True)} | {rep} | {paper} |")
+    return "\n".join(lines) + "\n"
+
+
 def write(table: pd.DataFrame, profile: str, model_slug: str | None = None, facts_slug: str | None = None) -> pd.DataFrame:
     """``findings.csv`` and ``findings.md`` in the profile's (and model's, by its slug; and a fact set's of one's
     own, by its slug) results folder, rows in claim order."""
@@ -259,8 +281,8 @@ def write(table: pd.DataFrame, profile: str, model_slug: str | None = None, fact
 
 
 def readme_section(table: pd.DataFrame, start: str, end: str, readme_text: str) -> str:
-    """``readme_text`` with the part between the ``start`` and ``end`` marker lines replaced by the table."""
-    return replace_section(readme_text, start, end, markdown(table))
+    """``readme_text`` with the part between the ``start`` and ``end`` marker lines replaced by the compact table."""
+    return replace_section(readme_text, start, end, compact(table))
 
 
 def replace_section(text: str, start: str, end: str, body: str) -> str:

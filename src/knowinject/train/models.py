@@ -127,6 +127,81 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a weights file, computed once per (path, size, modification time): remembered in this
+    process and on disk under ``data/models/.sha256/`` (one small file per entry, so concurrent workers
+    never rewrite each other's), since hashing SmolLM2's 538 MB takes about a second and every run key
+    that reads a model asks for it. A file saved again (new size or time) is hashed again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = (str(path), st.st_size, st.st_mtime_ns)
+    if stamp in _DIGESTS:
+        return _DIGESTS[stamp]
+    memo = paths.MODELS / ".sha256" / hashlib.sha256(repr(stamp).encode()).hexdigest()[:32]
+    try:
+        digest = memo.read_text().strip()
+    except OSError:
+        digest = ""
+    if len(digest) != 64:
+        digest = _sha256(path)
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f"{memo.name}.{os.getpid()}")
+            tmp.write_text(digest + "\n")
+            os.replace(tmp, memo)
+        except OSError:
+            pass  # a read-only data folder: the digest is recomputed next time, never wrong
+    _DIGESTS[stamp] = digest
+    return digest
+
+
+def content_key(name_or_path: str | Path) -> str:
+    """What a run's cache key names a model by: its content, never its folder's name.
+
+    A local folder (``smollm2``'s converted one included) is ``sha256:<digest>`` of its safetensors weights
+    (the file's own sha256 when there is one file, as :func:`identity` records it; else the sha256 of the
+    ``name:digest`` lines of every file). Two folders of the same name with other weights key other runs, and a
+    model saved again over the same folder is not served the old one's runs. A hub id is keyed by the commit
+    its revision resolves to (``hub:org/name@<commit>``).
+    """
+    name = str(name_or_path)
+    where = Path(resolve(name)).expanduser()
+    if where.is_dir():
+        files = sorted(where.glob("*.safetensors"))
+        if not files:
+            check_folder(where)  # says what is missing and how to make it
+        digests = [(p.name, file_sha256(p)) for p in files]
+        if len(digests) == 1:
+            return f"sha256:{digests[0][1]}"
+        return "sha256:" + hashlib.sha256("".join(f"{n}:{d}\n" for n, d in digests).encode()).hexdigest()
+    return f"hub:{name}@{hub_commit(name)}"
+
+
+def hub_commit(repo_id: str) -> str:
+    """The commit a hub id's default revision resolves to: asked of the hub when it answers, else read from
+    the local hub cache (``snapshots/<commit>/``); a model in neither cannot be loaded either."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if not offline and hub_reachable():
+        try:
+            from huggingface_hub import HfApi
+            return HfApi().model_info(repo_id).sha
+        except Exception as e:  # noqa: BLE001 - any hub failure is reported the same way below
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    else:
+        reason = "the hub cannot be reached"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return Path(cached).parent.name
+    raise ModelNotFound(f"cannot resolve model {repo_id!r} to a commit ({reason}) and it is not in the local hub "
+                        "cache: pass a local folder holding config.json, the tokenizer files and *.safetensors, "
+                        "or a hub id on a machine that reaches the hub.")
+
+
 def identity(name_or_path: str | Path) -> dict:
     """What a result table records about the model it came from: the name given, where it was read,
     its config's architecture and size, and a sha256 of every safetensors weights file (a hub id not
@@ -137,13 +212,18 @@ def identity(name_or_path: str | Path) -> dict:
     where = Path(resolve(name)).expanduser()
     out = {"model": name, "slug": slug(name), "path": str(where) if where.is_dir() else None}
     if not where.is_dir():
+        try:
+            out["content_key"] = content_key(name)
+        except ModelNotFound:
+            out["content_key"] = None
         return out
     config = json.loads((where / "config.json").read_text()) if (where / "config.json").exists() else {}
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
             "intermediate_size", "torch_dtype", "dtype")
     out["architecture"] = (config.get("architectures") or [None])[0]
     out["config"] = {k: config[k] for k in keys if k in config}
-    out["weights_sha256"] = {p.name: _sha256(p) for p in sorted(where.glob("*.safetensors"))}
+    out["weights_sha256"] = {p.name: file_sha256(p) for p in sorted(where.glob("*.safetensors"))}
+    out["content_key"] = content_key(where)
     out["weights_bytes"] = sum(p.stat().st_size for p in where.glob("*.safetensors"))
     return out
 
@@ -165,8 +245,7 @@ def load(name_or_path: str | Path, dtype=None, attn_implementation: str | None =
 
     where = resolve(name_or_path)
     # A hub id is "name" or "org/name"; anything else that is not a folder is a mistyped path.
-    looks_like_path = Path(where).is_absolute() or where.startswith((".", "~")) or where.count("/") > 1
-    if looks_like_path and not Path(where).is_dir():
+    if _looks_like_path(where) and not Path(where).is_dir():
         raise ModelNotFound(f"no model folder at {where}: give a folder with config.json, the tokenizer and "
                             "*.safetensors, or a Hugging Face model id")
     if Path(where).is_dir():
@@ -193,6 +272,29 @@ def load(name_or_path: str | Path, dtype=None, attn_implementation: str | None =
     model.config.use_cache = True
     model.eval()
     return model, tok
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else (absolute, relative, deeper) names a folder."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+
+
+def check_name(name_or_path: str | Path) -> None:
+    """Everything a model's name and folder tell before loading it (the pipeline's pre-flight): a path must
+    be a folder (not a weights file inside one) holding config.json and readable safetensors, its config a
+    causal LM's. A hub id is left to loading, which says whether the hub or its cache has it."""
+    name = str(name_or_path)
+    if name == SMOLLM2:
+        return
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise ModelNotFound(f"model {name} is a file, not a model folder: pass the folder that holds it "
+                            f"({path.resolve().parent}), with config.json, the tokenizer files and *.safetensors")
+    if path.is_dir():
+        check_folder(path)
+    elif _looks_like_path(name):
+        raise ModelNotFound(f"no model folder at {name}: give a folder with config.json, the tokenizer and "
+                            "*.safetensors, or a Hugging Face model id")
 
 
 def check_folder(folder: Path) -> None:

@@ -55,16 +55,14 @@ class Track:
 
     @property
     def key(self) -> dict:
-        """What identifies the base model in a run's hash: a folder by its name, a hub id as itself; runs
-        trained through the kernels carry their version, runs stepped by the fused AdamW say so (the
-        rules ``finetune`` applies). The tiny model's folder is always ``model`` inside its pretraining run,
-        so it is named by that run (``tiny-<hash of recipe, world and pretraining seed>``): keyed by ``model``
-        alone, the K pretrained bases shared their base-evaluation runs, and a re-pretrained model would
-        have been served another model's runs."""
-        path = Path(self.model)
+        """What identifies the base model in a run's hash: its content (:func:`models.content_key`: the
+        sha256 of its weights, a hub id's commit), never a folder's name, so that two models in folders of the
+        same name, or a model saved again over its folder, never share runs; the tiny model is keyed by the
+        weights its pretraining produced (the same recipe gives other weights on another CPU). Runs trained
+        through the kernels carry their version, runs stepped by the fused AdamW say so (the rules
+        ``finetune`` applies)."""
         cfg = self.finetune_config(1, 0)
-        model = ((path.parent.name if self.name == "tiny" else path.name) if path.is_dir() else self.model)
-        return {"track": self.name, "model": model, "method": self.method,
+        return {"track": self.name, "model": models.content_key(self.model), "method": self.method,
                 "lr": self.lr, "batch_size": self.batch_size, "precision": self.precision, "lora_r": self.lora_r,
                 "unseen_phrasing": self.unseen_phrasing,
                 **({"kernels": kernels.VERSION} if uses_kernels(cfg) else {}),

@@ -177,7 +177,7 @@ def candidates(track, world, relations, known_cfg: knownness.KnownnessConfig, su
         model, tok = models.load(track.model)
         return tiny_candidates(model, tok, world.table("facts"), world.table("qa"), stored, relations)
 
-    key = {"model": folder.name, "world": world.folder.name, "relations": list(relations), "v": 2}
+    key = {"model": models.content_key(track.model), "world": world.folder.name, "relations": list(relations), "v": 2}
     return cached_table(paths.RUNS, "study-b-tiny-candidates", key, make, "candidates.jsonl", profile=profile)
 
 
