@@ -11,7 +11,6 @@ import pytest
 from knowinject.train import models
 
 
-
 def small_gemma3(folder, tokenizer_source, seed: int = 0):
     import torch
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
