@@ -135,7 +135,7 @@ def test_study_b_runs_on_each_published_layout_and_files_its_tables_under_its_ow
     r = facts_runs["runs"][slug]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / slug
-    for name in ("smollm2_knownness.csv", "smollm2_knownness.json", "study_b_claims.csv", "study_b_accuracy.csv",
+    for name in ("fact-llama_knownness.csv", "fact-llama_knownness.json", "study_b_claims.csv", "study_b_accuracy.csv",
                  "study_b_mechanism.csv", "findings.csv", "power.csv"):
         assert (own / name).exists(), name
     claims = pd.read_csv(own / "findings.csv")
@@ -143,7 +143,7 @@ def test_study_b_runs_on_each_published_layout_and_files_its_tables_under_its_ow
     assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"} and set(claims.track) == {facts_runs["model"]}
     prov = json.loads((own / "study_b_claims.provenance.json").read_text())
     assert prov["configs"]["facts"]["slug"] == slug and len(prov["configs"]["facts"]["sha256"]) == 64
-    known = json.loads((own / "smollm2_knownness.json").read_text())
+    known = json.loads((own / "fact-llama_knownness.json").read_text())
     assert known["n_facts"] == 24 and sum(known["slick_counts"].values()) == 24
 
 
@@ -173,7 +173,7 @@ def test_a_multiple_choice_table_is_scored_and_refused_by_study_b_with_a_message
     r = facts_runs["runs"]["mmlu-03"]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     scored = json.loads((facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / "mmlu-data-test" /
-                         "smollm2_knownness.json").read_text())
+                         "fact-llama_knownness.json").read_text())
     assert scored["n_facts"] == 4 and 0 <= scored["known"] <= 1 and set(scored["slick_counts"]) <= {"Known", "Unknown"}
     # Four questions in two subject areas (3 + 1) cannot be split into pool and test: refused before anything runs.
     r = facts_runs["runs"]["mmlu-05"]

@@ -83,7 +83,7 @@ def test_notebooks_03_to_06_file_results_under_the_model(smoke_run, tmp_path):
 
     assert _digest(smoke) == before, "SmolLM2's smoke tables were touched"
     own = smoke / SLUG
-    for name in ("smollm2_knownness.csv", "study_a_summary.csv", "study_a_claims.csv", "study_b_accuracy.csv",
+    for name in (f"{SLUG}_knownness.csv", "study_a_summary.csv", "study_a_claims.csv", "study_b_accuracy.csv",
                  "study_b_claims.csv", "findings.csv"):
         assert (own / name).exists(), name
     claims = pd.read_csv(own / "findings.csv")
@@ -98,9 +98,10 @@ def test_notebooks_03_to_06_file_results_under_the_model(smoke_run, tmp_path):
     mech = pd.read_csv(own / "study_b_mechanism.csv")
     attention = mech[(mech.track == SLUG) & mech.metric.str.contains("attention")]
     assert len(attention) and attention["mean"].between(0, 1).all()  # Gemma's attention weights were read
-    knownness = json.loads((own / "smollm2_knownness.provenance.json").read_text())
+    knownness = json.loads((own / f"{SLUG}_knownness.provenance.json").read_text())
     assert knownness["model"]["slug"] == SLUG
     assert (figures / "smoke" / SLUG / "study_b_B1_B2_accuracy_by_condition.png").exists()
+    assert (figures / "smoke" / SLUG / f"{SLUG}_slick_by_popularity.png").exists()  # named for the model it holds
 
 
 @pytest.mark.parametrize("name", ["smollm2"])

@@ -128,6 +128,10 @@ class _Heartbeat:
         self.held: dict[Path, str] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        # A new claim wakes the thread, which then waits the lease of now: a thread asleep for the interval of
+        # an earlier, longer lease would otherwise let a claim made under a shorter one go stale (in-process
+        # runs under the 120 s lease, then the claims tests' 0.8 s one, in one pytest process).
+        self.wake = threading.Event()
 
     def add(self, path: Path, token: str) -> None:
         with self.lock:
@@ -135,6 +139,7 @@ class _Heartbeat:
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._beat, name="knowinject-claims", daemon=True)
                 self.thread.start()
+        self.wake.set()
 
     def remove(self, path: Path) -> None:
         with self.lock:
@@ -142,7 +147,8 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while True:
-            time.sleep(max(0.05, LEASE_S / 8))
+            self.wake.wait(max(0.05, LEASE_S / 8))
+            self.wake.clear()
             with self.lock:
                 held = list(self.held.items())
             for path, token in held:
