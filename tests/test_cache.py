@@ -195,3 +195,19 @@ def test_a_table_mixing_two_models_runs_is_refused_naming_both():
     meta["run_models"] = {"tiny": ["sha256:t0", "sha256:t9"]}
     with pytest.raises(runs.MixedModels, match="sha256:t9"):
         runs.check_models(meta, "study_b_accuracy.csv")
+
+
+def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(monkeypatch, tmp_path):
+    """Offline, the commit comes from the local hub cache (``snapshots/<commit>/``); a model in neither the hub
+    nor the cache cannot be keyed, and says how to pass a local folder instead."""
+    import huggingface_hub
+
+    from knowinject.train import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = tmp_path / "models--org--name" / "snapshots" / ("c0ffee" * 6 + "abcd") / "config.json"
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, filename: str(snapshot) if repo == "org/name" else None)
+    assert models.content_key("org/name") == f"hub:org/name@{'c0ffee' * 6}abcd"
+    with pytest.raises(models.ModelNotFound, match="local folder"):
+        models.content_key("org/other")
