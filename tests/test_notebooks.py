@@ -184,9 +184,9 @@ def test_smoke_06_figures_and_findings(smoke_run):
 
 def test_the_claims_figure_has_one_row_per_claim_and_track_of_findings(smoke_run):
     """figures/claims.png is drawn from findings.csv alone: one labelled row per claim and track, in its order."""
-    from knowinject import plots
+    from knowinject import forest
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
-    fig = plots.claims(table)
+    fig = forest.claims(table)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == [f"{c}  {t}" for c, t in zip(table.claim, table.track)]
     assert len(set(labels)) == len(table)

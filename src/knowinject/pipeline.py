@@ -257,13 +257,14 @@ def preflight(chosen: list[Path], profile: str, overrides: dict) -> None:
     if facts_path:
         from knowinject.core.config import build, stage_params
 
-        from knowinject.studies.study_b.design import StudyBConfig
+        from knowinject.studies.study_b import design
         from knowinject.studies.study_b.factset import FactSet
 
         facts = FactSet(facts_path, param("facts_format") or None)
         facts.facts  # noqa: B018 - reads and validates the table: layout, columns, encoding
         if any(nb.stem.startswith("05") for nb in chosen):
-            facts.preflight(build(StudyBConfig, stage_params(profile, "study_b_smollm2"), "study_b_smollm2"))
+            design.preflight(facts, build(design.StudyBConfig, stage_params(profile, "study_b_smollm2"),
+                                          "study_b_smollm2"))
 
 
 def _run(args, stop: Interrupt) -> int:

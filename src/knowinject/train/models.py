@@ -220,6 +220,9 @@ def content_key(name_or_path: str | Path) -> str:
         if len(digests) == 1:
             return f"sha256:{digests[0][1]}"
         return "sha256:" + hashlib.sha256("".join(f"{n}:{d}\n" for n, d in digests).encode()).hexdigest()
+    if _looks_like_path(str(where)):  # a mistyped folder, not a hub id
+        raise ModelNotFound(f"no model folder at {where}: give a folder with config.json, the tokenizer and "
+                            "*.safetensors, or a Hugging Face model id")
     return f"hub:{name}@{hub_commit(name)}"
 
 
@@ -237,7 +240,10 @@ def hub_commit(repo_id: str) -> str:
         reason = "the hub cannot be reached"
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError as e:  # huggingface_hub's HFValidationError: not a well-formed repo id
+        raise ModelNotFound(f"{repo_id!r} is neither a model folder nor a hub id ({e})") from None
     if isinstance(cached, str):
         return Path(cached).parent.name
     raise ModelNotFound(f"cannot resolve model {repo_id!r} to a commit ({reason}) and it is not in the local hub "

@@ -187,6 +187,22 @@ def _per_relation(n: int, relations) -> int:
     return max(1, n // len(relations))
 
 
+def preflight(facts: FactSet, cfg: StudyBConfig) -> None:
+    """Everything Study B needs of a fact table that the table alone tells (the pipeline's pre-flight, before
+    any model is loaded): a relation of 4 or more facts, and subjects enough that the design's pool and test
+    halves are not empty: :func:`split` run on the facts as they are (knownness does not decide it)."""
+    from knowinject.data.facts import FactTableError
+
+    facts.require_study_b()
+    design = facts.design(cfg)
+    rows = facts.study_rows(facts.facts)
+    try:
+        split(rows.assign(level=1, known_score=0.0, popularity=rows.popularity.fillna(0.0)), design)
+    except ValueError as e:
+        raise FactTableError(f"{facts.path}: Study B cannot split this table into a pool and a test half of "
+                             f"disjoint subjects ({e}); it needs more facts and subjects per relation") from None
+
+
 def split(candidates: pd.DataFrame, cfg: StudyBConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pool, test): subjects split in half at random (within each popularity level when
     ``cfg.stratify``), then facts drawn per relation (per relation and level for the test set when

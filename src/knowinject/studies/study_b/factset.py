@@ -86,22 +86,6 @@ class FactSet:
             raise factfiles.FactTableError(f"{self.path}: no relation has 4 or more facts ({counts}); Study B needs a "
                                            "pool and a test half of each relation's subjects")
 
-    def preflight(self, cfg) -> None:
-        """Everything Study B needs of the table that the table alone tells (the pipeline's pre-flight, before
-        any model is loaded): a relation of 4 or more facts, and subjects enough that the design's pool and test
-        halves are not empty: :func:`.design.split` run on the facts as they are (knownness does not decide it)."""
-        from knowinject.studies.study_b.design import split
-
-        self.require_study_b()
-        design = self.design(cfg)
-        rows = self.study_rows(self.facts)
-        try:
-            split(rows.assign(level=1, known_score=0.0, popularity=rows.popularity.fillna(0.0)), design)
-        except ValueError as e:
-            raise factfiles.FactTableError(f"{self.path}: Study B cannot split this table into a pool and a test "
-                                           f"half of disjoint subjects ({e}); it needs more facts and subjects per "
-                                           "relation") from None
-
     def identity(self) -> dict:
         """What a results table's provenance records of the fact set."""
         return {"path": str(self.path), "format": self.format or factfiles.detect_format(self.path),
