@@ -124,7 +124,10 @@ def test_smoke_05_study_b(smoke_run):
     for design, tracks in (("main", ("one-layer", "smollm2", "smollm2-mc", "tiny")),
                            ("replication", ("one-layer", "smollm2", "tiny"))):
         d = claims[claims.design == design]
-        assert sorted(zip(d.claim, d.track)) == [(c, t) for c in ("B1", "B2", "B3", "B3-swap") for t in tracks], design
+        # R0 (does finetuning lift factuality?) for every instrument, the one-layer model's pretrained model included.
+        assert sorted(zip(d.claim, d.track)) == sorted([(c, t) for c in ("R0", "B1", "B2", "B3", "B3-swap")
+                                                        for t in tracks]), design
+    assert set(claims[claims.claim == "R0"].verdict) <= {"lifts", "lowers", "undecided", "unmeasurable"}
     # Study B in MMLU's form: SmolLM2 on the GeoNames facts as four-way questions, scored by the letter.
     mc = claims[claims.track == "smollm2-mc"]
     assert mc[mc.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
@@ -157,7 +160,7 @@ def test_smoke_05_study_b(smoke_run):
 def test_smoke_06_figures_and_findings(smoke_run):
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
     assert list(table.columns) == findings.COLUMNS
-    assert len(table) == 5 * 2 + 4 * 4 and table.mde.notna().sum() >= 17
+    assert len(table) == 5 * 2 + 5 * 4 and table.mde.notna().sum() >= 18  # R0 beside B1-B3 on every Study B track
     # Every claim has its replication but Study B in MMLU's form, which has no replication design.
     mc = table.track == "smollm2-mc"
     assert table[~mc].replication_verdict.notna().all() and table[mc].replication_verdict.isna().all()
@@ -168,16 +171,22 @@ def test_smoke_06_figures_and_findings(smoke_run):
     one_layer = main.xs("one-layer", level="track")
     assert (one_layer.n_bases == one_layer.n_seeds).all()  # each seed pretrains its own world and model
     plan = pd.read_csv(_results(smoke_run) / "power.csv")
-    assert list(plan[["claim", "track"]].itertuples(index=False)) == list(table[["claim", "track"]].itertuples(index=False))
+    powered = table[table.claim != "R0"]  # R0 reads the instrument: the paper gives it no effect to power for
+    assert list(plan[["claim", "track"]].itertuples(index=False)) == list(powered[["claim", "track"]].itertuples(index=False))
     assert plan.seed_share.dropna().between(0, 1).all() and (plan.paper_effect > 0).all()
     assert (plan.seeds_needed.dropna() >= plan.n_seeds[plan.seeds_needed.notna()]).all()
     figures = smoke_run / "figures" / "smoke"
     for name in ("world_exposure", "tiny_pretrain_loss", "tiny_storage_by_base", "smollm2_slick_by_popularity",
                  "study_a_A1_formats", "study_a_A5_persona_and_style", "study_b_B1_B2_accuracy_by_condition",
                  "study_b_B1_by_popularity_level", "study_b_B3_attention_and_generic_answers", "study_b_theory_model",
-                 "claims"):
+                 "claims", "by_model"):
         assert (figures / f"{name}.png").exists() and (figures / f"{name}.pdf").exists(), name
     # The paper's effect where it states one (B1 5-10 points, B2's and A5's margins), empty where a direction only.
+    # Every claim by model: the instruments with a model (the one-layer model has none), smallest first.
+    by_model = pd.read_csv(_results(smoke_run) / "by_model.csv")
+    assert set(by_model.track) == {"tiny", "smollm2", "smollm2-mc"}
+    assert by_model.groupby("claim", sort=False).n_params.is_monotonic_increasing.all()
+    assert len(by_model) == len(table[table.track != "one-layer"])
     stated = table.set_index(["claim", "track"]).paper_effect.fillna("").groupby(level="claim").first()
     assert stated.B1 == "+0.05 to +0.10" and stated.B2.startswith("margin") and stated.A1 == ""
 

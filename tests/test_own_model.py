@@ -88,6 +88,10 @@ def test_notebooks_03_to_06_file_results_under_the_model(smoke_run, tmp_path):
         assert (own / name).exists(), name
     claims = pd.read_csv(own / "findings.csv")
     assert SLUG in set(claims.track) and "smollm2" not in set(claims.track)
+    # Every claim by model: its rows beside ours (the profile's findings), in its own folder, never in ours.
+    by_model = pd.read_csv(own / "by_model.csv")
+    assert {SLUG, "smollm2", "tiny"} <= set(by_model.track) and not (smoke / "by_model.csv").read_text().count(SLUG)
+    assert by_model[by_model.track == SLUG].architecture.eq("Gemma3ForCausalLM").all()
     assert set(claims[claims.track == SLUG].claim) == {"A1", "A2", "A3", "A4", "A5", "B1", "B2", "B3", "B3-swap"}
     prov = json.loads((own / "study_b_claims.provenance.json").read_text())
     ident = prov["models"][SLUG]

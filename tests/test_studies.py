@@ -402,7 +402,7 @@ def test_theory_halves_split_the_pool_by_salience_within_each_relation():
 def test_theory_claims_have_every_column_and_two_seeds():
     rows = pd.concat([theory.run_seed(THEORY, s) for s in THEORY.seeds], ignore_index=True)
     claims = theory.claims(rows)
-    assert list(claims.claim) == ["B1", "B2", "B3", "B3-swap"] and (claims.n_seeds == 2).all()
+    assert list(claims.claim) == ["R0", "B1", "B2", "B3", "B3-swap"] and (claims.n_seeds == 2).all()
     assert (claims.n_items == 96).all() and (claims.n_bases == 2).all()  # each seed its own world and model
     assert (claims.ci_low <= claims.effect).all() and (claims.effect <= claims.ci_high).all()
     assert set(claims.verdict) <= set(findings.VERDICTS)

@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from knowinject.core import paths
+from knowinject.core.config import second_models
 
 TIMING = ("seconds", "tokens_per_s", "train_seconds", "wall_s", "s_per_step", "runs_per_hour", "finished_utc")
 OUTCOMES = ("verdict", "reason", "replication_verdict", "replication_reason", "prediction", "predicted", "response",
             "slick", "identified")
-FLIPS = {("reproduced", "not reproduced"), ("not reproduced", "reproduced")}
+FLIPS = {("reproduced", "not reproduced"), ("not reproduced", "reproduced"), ("lifts", "lowers"), ("lowers", "lifts")}
 
 
 def _md(df: pd.DataFrame, index: bool = False) -> str:
@@ -252,12 +253,16 @@ def report(profile: str = "default", ref: str = "HEAD") -> tuple[str, bool]:
                 f"two-stage interval; {int(table.flipped.sum())} flipped between reproduced and not reproduced.", "",
                 _md(table.drop(columns="flipped")), ""]
     rows = []
-    for path in sorted(folder.glob("*.csv")):
-        o, n = load(path.name)
+    # The profile's own tables, then each second real model's (a built-in model's name is its folder's).
+    tables = sorted(folder.glob("*.csv")) + [p for m in second_models(profile)
+                                             for p in sorted(paths.results_dir(profile, m).glob("*.csv"))]
+    for path in tables:
+        name = str(path.relative_to(folder))
+        o, n = load(name)
         if o is None or n is None:
-            rows.append({"table": path.name, "note": "not committed" if o is None else "missing in this run"})
+            rows.append({"table": name, "note": "not committed" if o is None else "missing in this run"})
             continue
-        rows.append({"table": path.name, **deviation(o, n)})
+        rows.append({"table": name, **deviation(o, n)})
     out += ["## Result tables", ""]
     out += (["Largest absolute deviation over the values both runs have (timings left out).", "",
              _md(pd.DataFrame(rows)), ""] if rows else [f"No result tables under `{paths.show(folder)}`.", ""])

@@ -13,7 +13,7 @@ import pandas as pd
 from knowinject.plots import PALETTE
 
 VERDICT_COLOURS = {"reproduced": PALETTE[2], "not reproduced": PALETTE[3], "undecided": PALETTE[7],
-                   "mixed": PALETTE[4], "unmeasurable": PALETTE[5]}
+                   "mixed": PALETTE[4], "unmeasurable": PALETTE[5], "lifts": PALETTE[0], "lowers": PALETTE[1]}
 
 
 def claims(findings: pd.DataFrame):
@@ -60,4 +60,46 @@ def claims(findings: pd.DataFrame):
               ncol=4, frameon=False, fontsize=8)
     ax.set_title("Every claim, by track: effect, interval, verdict and replication")
     fig.tight_layout()
+    return fig
+
+
+def _size(n: float) -> str:
+    return "?" if np.isnan(n) else f"{n / 1e6:.0f}M" if n >= 1e7 else f"{n / 1e6:.1f}M"
+
+
+def by_model(table: pd.DataFrame):
+    """Each claim's effect and two-stage 95% interval for every model that ran it (``by_model.csv``), one panel
+    per claim, models ordered by parameter count; filled: main design, hollow: replication, coloured by verdict.
+    The footnote says what else differs between the models, so the figure reads as a comparison of instruments
+    and not as a scaling law."""
+    claims_ = list(dict.fromkeys(table.claim))
+    cols = min(len(claims_), 5) or 1
+    rows = -(-len(claims_) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.9 * rows + 0.9), squeeze=False)
+    for ax, claim in zip(axes.flat, claims_):
+        g = table[table.claim == claim].reset_index(drop=True)
+        x = np.arange(len(g))
+        for xi, r in zip(x, g.itertuples()):
+            c = VERDICT_COLOURS.get(r.verdict, "0.3")
+            if not np.isnan(r.effect):
+                ax.plot([xi - 0.1] * 2, [r.ci_low, r.ci_high], color=c, lw=2)
+                ax.plot(xi - 0.1, r.effect, "o", color=c, ms=6)
+            if isinstance(r.replication_verdict, str) and not np.isnan(r.replication_effect):
+                rc = VERDICT_COLOURS.get(r.replication_verdict, "0.3")
+                ax.plot([xi + 0.1] * 2, [r.replication_ci_low, r.replication_ci_high], color=rc, lw=1.2)
+                ax.plot(xi + 0.1, r.replication_effect, "o", mfc="white", mec=rc, ms=5)
+        ax.axhline(0, color="0.2", lw=0.8)
+        ax.set_xticks(x, [f"{r.track}\n{_size(r.n_params)}" for r in g.itertuples()], fontsize=7)
+        ax.set_xlim(-0.6, len(g) - 0.4)
+        ax.set_title(claim, fontsize=10)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in list(axes.flat)[len(claims_):]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("effect (paper predicts > 0)", fontsize=8)
+    notes = "; ".join(dict.fromkeys(f"{r.track}: {r.architecture}, {r.facts}, {r.finetuning}"
+                                    for r in table.drop_duplicates("track").sort_values("n_params").itertuples()))
+    fig.suptitle("Every claim by model (filled: main design; hollow: replication; colour: verdict)", fontsize=11)
+    fig.text(0.5, 0.01, "The models differ in more than size: " + notes + ". A comparison of instruments, not a "
+             "scaling law.", ha="center", va="bottom", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.96))
     return fig

@@ -16,6 +16,10 @@ finished run is cached.
 ``-p facts_path=my_facts.jsonl`` for notebooks 03, 05 and 06: Study B on a fact table of one's own); the
 executed copies of such a run go to a subfolder named after the parameters.
 
+A profile's ``second_models`` (the default's: Gemma 3) run notebooks again after SmolLM2's: each named notebook
+right after its own run, with that model and the parameters given, into the model's own results folder
+(:func:`runs_of`); a run given ``-p model_name=...`` or ``-p facts_path=...`` is that run alone.
+
 Usage: ``python -m knowinject.pipeline --profile smoke [01_generate_data ...] [-p NAME=VALUE ...]``.
 """
 
@@ -32,7 +36,7 @@ import time
 from pathlib import Path
 
 from knowinject.core import paths
-from knowinject.core.config import ConfigError, check_profile, notebook_params
+from knowinject.core.config import ConfigError, check_profile, notebook_params, second_models
 
 # papermill's inferred type names for the literals a parameters cell may hold.
 _PY_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,),
@@ -131,6 +135,17 @@ def run_notebook(nb: Path, profile: str, overrides: dict | None = None) -> Path:
         f.write(("notebook,seconds,finished_utc\n" if new else "") +
                 f"{nb.stem},{seconds:.1f},{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}\n")
     return out
+
+
+def runs_of(nb: Path, profile: str, overrides: dict) -> list[dict]:
+    """The parameter sets ``nb`` runs with, in order: its own run, then one per second real model of the profile
+    that names it (``second_models``: Gemma's knownness and Study B after SmolLM2's). A run given a model or a
+    fact table of one's own (``-p model_name=...``, ``-p facts_path=...``) is that run alone."""
+    own = [dict(overrides)]
+    if any(k in overrides for k in ("model_name", "facts_path")):
+        return own
+    return own + [{**overrides, "model_name": model, **nbs[nb.stem]}
+                  for model, nbs in second_models(profile).items() if nb.stem in nbs]
 
 
 class NotebookFailed(RuntimeError):
@@ -284,13 +299,17 @@ def _run(args, stop: Interrupt) -> int:
             raise ConfigError(f"-p {', '.join(unknown)}: no chosen notebook declares it "
                               f"({', '.join(nb.stem for nb in chosen)})")
         for nb in chosen:  # check every notebook's parameters before spending time on the first
-            check_parameters(nb, {**notebook_params(args.profile, nb.stem),
-                                  **{k: v for k, v in overrides.items() if k in _declared(nb)}})
+            for params in runs_of(nb, args.profile, overrides):
+                check_parameters(nb, {**notebook_params(args.profile, nb.stem),
+                                      **{k: v for k, v in params.items() if k in _declared(nb)}})
         preflight(chosen, args.profile, overrides)
         for nb in chosen:
+            for params in runs_of(nb, args.profile, overrides):
+                if stop.count:
+                    break
+                run_notebook(nb, args.profile, params)
             if stop.count:
                 break
-            run_notebook(nb, args.profile, overrides)
             done.append(nb.stem)
     except (ConfigError, NotebookFailed, FactTableError, ModelNotFound) as e:
         _remove_empty(before)

@@ -157,26 +157,31 @@ def accuracy_by_popularity(summary: pd.DataFrame, title: str):
 
 
 def slick_by_popularity(table: pd.DataFrame, title: str):
-    """Share of SliCK categories per popularity quantile (all relations pooled)."""
-    share = pd.crosstab(table.bucket, table.slick, normalize="index").reindex(columns=list(SLICK_CATEGORIES),
-                                                                            fill_value=0)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    share.plot.bar(stacked=True, ax=ax, color=sns.color_palette("RdYlGn_r", 4), width=0.8)
-    ax.set(xlabel="popularity quantile", ylabel="share of facts", title=title)
-    ax.tick_params(axis="x", rotation=0)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    """Share of SliCK categories per popularity quantile (all relations pooled); one panel per model where
+    ``table`` has a ``model`` column (the real models side by side on the same facts)."""
+    groups = list(table.groupby("model", sort=False)) if "model" in table else [(title, table)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.2), squeeze=False, sharey=True)
+    for ax, (name, g) in zip(axes[0], groups):
+        share = pd.crosstab(g.bucket, g.slick, normalize="index").reindex(columns=list(SLICK_CATEGORIES), fill_value=0)
+        share.plot.bar(stacked=True, ax=ax, color=sns.color_palette("RdYlGn_r", 4), width=0.8, legend=False)
+        ax.set(xlabel="popularity quantile", ylabel="share of facts", title=name)
+        ax.tick_params(axis="x", rotation=0)
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    if "model" in table:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 # --- Study A: one figure per claim, one column per track --------------------------------------------------
 
-TRACK_TITLES = {"smollm2": "SmolLM2-135M-Instruct (LoRA)", "tiny": "tiny GPT pretrained here (full)"}
+TRACK_TITLES = {"smollm2": "SmolLM2-135M-Instruct (LoRA)", "gemma3": "Gemma 3 270M (LoRA)",
+                "tiny": "tiny GPT pretrained here (full)"}
 
 
 def model_title(model_name: str) -> str:
-    """How figures name the pretrained track's model: SmolLM2 by its full name, any other by its slug."""
-    return "SmolLM2-135M-Instruct" if model_name == SMOLLM2 else slug(model_name)
+    """How figures name the pretrained track's model: the built-in ones by their full names, any other by its slug."""
+    return {SMOLLM2: "SmolLM2-135M-Instruct", "gemma3": "Gemma 3 270M"}.get(model_name) or slug(model_name)
 
 
 def _bars(ax, df: pd.DataFrame, x: str, hue: str, order=None, hue_order=None, value: str = "mean"):

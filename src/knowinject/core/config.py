@@ -71,6 +71,26 @@ def notebook_params(profile: str, notebook: str) -> dict[str, Any]:
     return params
 
 
+def track_stage(profile: str, name: str, model_name: str = "smollm2") -> str:
+    """The profile stage of a track's finetuning settings: ``track_tiny``; for the pretrained track a built-in
+    model's own stage where the profile has one (``track_gemma3``), else ``track_smollm2``, which a model of
+    one's own starts from."""
+    own = f"track_{model_name}"
+    return "track_tiny" if name == "tiny" else own if own in load_profile(profile)["stages"] else "track_smollm2"
+
+
+def second_models(profile: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """The profile's ``second_models``: ``{model: {notebook stem: parameters}}``, the built-in real models
+    that run again through the named notebooks after SmolLM2 (their results in ``results/<profile>/<slug>/``;
+    notebook 06 reads them beside SmolLM2's)."""
+    data = load_profile(profile).get("second_models") or {}
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and all(isinstance(p, dict) or p is None
+                                                                         for p in v.values()) for v in data.values()):
+        raise ConfigError(f"profile {profile!r}: second_models must map a model to {{notebook stem: parameters}}, "
+                          "e.g. gemma3: {05_study_b: {multiple_choice: false}}")
+    return {m: {nb: dict(p or {}) for nb, p in nbs.items()} for m, nbs in data.items()}
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is Any:

@@ -39,6 +39,9 @@ import pandas as pd
 FORMATS = ("jsonl", "csv", "popqa", "entityquestions", "mmlu")
 COLUMNS = ["fact_id", "subject", "relation", "question", "answer", "aliases", "popularity"]
 LETTERS = "ABCD"
+# Options per question of the GeoNames facts in multiple-choice form (the answer and 3 other answers of its
+# relation, study_b.factset.geonames_multiple_choice): a blind guess is right 1 time in 4.
+GEONAMES_OPTIONS = 4
 
 
 class FactTableError(ValueError):

@@ -48,6 +48,8 @@ CLAIMS = {
           "training examples",
     "A4": "A1 holds after controlling for augmentation (paraphrases per fact) and information volume",
     "A5": "teaching a new real-world fact is not fundamentally harder than teaching the model a persona fact",
+    "R0": "finetuning lifts factuality: the regime Study B's claims are about (the whole-pool finetune answers more "
+          "held-out test facts than the base model); a reading of the instrument, not a claim of the paper",
     "B1": "QA-finetuning on lesser-known facts gives worse factuality than on well-known facts (5-10 points)",
     "B2": "finetuning on the better-known half matches or beats finetuning on the whole set",
     "B3": "finetuning on lesser-known facts moves attention off the subject, so the model falls back on a "
@@ -65,13 +67,15 @@ COLUMNS = ["claim", "track", "statement", "metric", "effect", "ci_low", "ci_high
 CLAIM_COLUMNS = ["claim", "track", "design", "statement", "metric", "effect", "ci_low", "ci_high", "item_ci_low",
                  "item_ci_high", "n_items", "n_seeds", "n_bases", "base_share", "mde", "verdict", "reason", "mean_a",
                  "mean_b"]
-VERDICTS = ("reproduced", "not reproduced", "undecided", "mixed", "unmeasurable")
-REASONS = ("ceiling", "floor", "zero variance")
+VERDICTS = ("reproduced", "not reproduced", "undecided", "mixed", "unmeasurable", "lifts", "lowers")
+REASONS = ("ceiling", "floor", "zero variance", "chance")
+# R0 is a reading of the instrument, whose direction is named (lifts / lowers) rather than reproduced.
+REGIME = {"reproduced": "lifts", "not reproduced": "lowers"}
 # Both conditions within 2 points of 100% (or of 0%): the largest effect the design could then show is
 # 2 points, below the smallest effect any claim is about (B2's 3-point margin; B1's 5-10 points).
 MEASURE_MARGIN = 0.02
 DESIGNS = ("main", "replication")
-TRACK_ORDER = ("smollm2", "tiny", "one-layer")
+TRACK_ORDER = ("smollm2", "smollm2-mc", "gemma3", "tiny", "one-layer")
 B2_MARGIN = 0.03   # "matches": within 3 points (the paper's gaps are 5-10 points)
 A5_MARGIN = 0.10   # "not fundamentally harder": within 10 points (the motivating gap was 86 points)
 # What the paper states of a claim's size, where it states one (the rest state a direction only): the text
@@ -110,6 +114,48 @@ def judge(e: Effect, rule, *args) -> Verdict:
     could not measure it: then ``unmeasurable`` with the reason."""
     reason = unmeasurable(e)
     return Verdict("unmeasurable", reason) if reason else Verdict(rule(e.ci_low, e.ci_high, *args))
+
+
+def regime(e: Effect) -> Verdict:
+    """R0's reading: ``lifts`` if the whole-pool finetune minus the base model lies above 0, ``lowers`` if at or
+    below 0, else undecided (or unmeasurable, as :func:`judge` says)."""
+    v = judge(e, directional)
+    return Verdict(REGIME.get(v.verdict, v.verdict), v.reason)
+
+
+def includes(lo: float, hi: float, value: float) -> bool:
+    return not _nan(lo, hi) and lo <= value <= hi
+
+
+def at_chance(accuracies: list[tuple[float, float]], chance: float) -> bool:
+    """Whether every accuracy a multiple-choice claim reads (the base model's and each compared finetune's
+    95% interval, ``(low, high)``) includes the chance rate (1 / the number of options): the instrument
+    then never left chance, and no difference between the finetunes is evidence about the claim."""
+    return bool(accuracies) and all(includes(lo, hi, chance) for lo, hi in accuracies)
+
+
+# The conditions whose accuracy each Study B reading compares, beside the base model's: what must leave chance
+# for a multiple-choice reading to say anything (B3 and B3-swap are judged by the same accuracies).
+COMPARED = {"R0": ("whole",), "B1": ("known", "unknown"), "B2": ("known", "whole"), "B3": ("known", "unknown"),
+            "B3-swap": ("known", "unknown")}
+
+
+def mark_chance(claims: pd.DataFrame, accuracy: pd.DataFrame, track: str, chance: float) -> pd.DataFrame:
+    """``claims`` with every main-design Study B row of ``track`` whose base model and compared finetunes all have
+    accuracy intervals that include ``chance`` (:func:`at_chance`) judged ``unmeasurable (chance)``.
+    ``accuracy``: Study B's accuracy table (``study_b_accuracy.csv``: zero-shot exact match on all test facts,
+    the base model at epoch 0 and the finetunes at their last checkpoint are read)."""
+    a = accuracy[(accuracy.track == track) & (accuracy.metric == "em") & (accuracy.prompt == "zero-shot")
+                 & (accuracy.bucket == "all")]
+    last = a[a.condition != "base"].epoch.max()
+    ci = {r.condition: (r.ci_low, r.ci_high) for r in a[(a.condition == "base") | (a.epoch == last)].itertuples()}
+    out = claims.copy()
+    design = out.design if "design" in out else pd.Series("main", index=out.index)
+    for i, r in out[(out.track == track) & (design == "main") & out.claim.isin(list(COMPARED))].iterrows():
+        conds = ("base", *COMPARED[r.claim])
+        if all(c in ci for c in conds) and at_chance([ci[c] for c in conds], chance):
+            out.loc[i, ["verdict", "reason"]] = ["unmeasurable", "chance"]
+    return out
 
 
 def directional(lo: float, hi: float) -> str:
@@ -176,7 +222,7 @@ def row(claim: str, track: str, metric: str, effect: Effect, verdict: Verdict | 
         raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
-    if verdict in ("reproduced", "not reproduced") and unmeasurable(effect):
+    if verdict in ("reproduced", "not reproduced", *REGIME.values()) and unmeasurable(effect):
         raise ValueError(f"{claim} {track}: verdict {verdict!r} on an effect the design could not measure "
                          f"({unmeasurable(effect)}); judge it with findings.judge")
     e = effect
@@ -270,8 +316,9 @@ def write(table: pd.DataFrame, profile: str, model_slug: str | None = None, fact
     if missing:
         raise ValueError(f"findings table lacks columns {missing}")
     order = {t: f"{i}" for i, t in enumerate(TRACK_ORDER)}
+    claim_order = {c: f"{i:02d}" for i, c in enumerate(CLAIMS)}  # R0, the instrument's regime, before B1
     table = table[COLUMNS].sort_values(["claim", "track"], key=lambda s: s.map(lambda v: order.get(v, f"9{v}")
-                                       if s.name == "track" else str(v))).reset_index(drop=True)
+                                       if s.name == "track" else claim_order.get(v, str(v)))).reset_index(drop=True)
     out = paths.results_dir(profile, model_slug, facts_slug)
     save_table(table, out / "findings.csv", profile=profile,
                made_from=["study_b_claims.csv"] if facts_slug else ["study_a_claims.csv", "study_b_claims.csv"],
@@ -318,3 +365,46 @@ def report(table: pd.DataFrame) -> str:
                              f"{_ci(r.replication_effect, r.replication_ci_low, r.replication_ci_high)} "
                              f"(n={int(r.replication_n_items)} items, {int(r.replication_n_seeds)} seeds)")
     return "\n".join(lines)
+
+
+# --- every claim by model ---------------------------------------------------------------------------------
+
+BY_MODEL_COLUMNS = ["claim", "track", "model", "n_params", "architecture", "facts", "finetuning", "effect", "ci_low",
+                    "ci_high", "verdict", "reason", "replication_effect", "replication_ci_low", "replication_ci_high",
+                    "replication_verdict", "n_items", "n_seeds", "mde"]
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def n_params(identity: dict) -> float:
+    """A model's parameter count from what a table's provenance records of it (its safetensors bytes over its
+    dtype's width; tied embeddings are stored once); NaN where it was not recorded."""
+    config = identity.get("config") or {}
+    width = _BYTES.get(config.get("dtype") or config.get("torch_dtype") or "float32")
+    size = identity.get("weights_bytes")
+    return float(size) / width if size else math.nan
+
+
+def track_models(provenance_models: dict) -> dict[str, dict]:
+    """``{track: identity}`` from a claims table's provenance ``models`` (labels such as ``tiny pretrain-seed 1``
+    or ``smollm2 replication`` reduced to their track; the main design's first base speaks for the track)."""
+    out: dict[str, dict] = {}
+    for label, identity in provenance_models.items():
+        out.setdefault(label.split(" ")[0], identity)
+    return out
+
+
+def by_model(findings_table: pd.DataFrame, identities: dict[str, dict], finetuning: dict[str, str],
+             facts: dict[str, str]) -> pd.DataFrame:
+    """Every claim for every track that ran it on a model a table's provenance names (``identities``:
+    ``{track: identity}``, :func:`track_models`; the one-layer theory model has none and stays out), ordered by
+    parameter count, with what else differs between the models beside it: architecture, ``facts`` and
+    ``finetuning`` (``{track: text}``). Read as a comparison of instruments, not as a scaling law."""
+    t = findings_table[findings_table.track.isin(list(identities))].copy()
+    t["model"] = [k if k == "tiny" else identities[k].get("slug") or k for k in t.track]
+    t["n_params"] = [n_params(identities[k]) for k in t.track]
+    t["architecture"] = [identities[k].get("architecture") or "" for k in t.track]
+    t["facts"] = [facts.get(k, "") for k in t.track]
+    t["finetuning"] = [finetuning.get(k, "") for k in t.track]
+    order = {c: i for i, c in enumerate(CLAIMS)}
+    t = t.sort_values(["claim", "n_params", "track"], key=lambda s: s.map(order) if s.name == "claim" else s)
+    return t[BY_MODEL_COLUMNS].reset_index(drop=True)

@@ -95,7 +95,9 @@ def table(claims: pd.DataFrame, run_seconds: dict, settings: dict, workers: int 
     can reach the target, else seeds and items grown together) at that rate over ``workers`` workers."""
     rows = []
     for r in claims.itertuples():
-        target = PAPER_EFFECT.get(r.claim, np.nan)
+        if r.claim not in PAPER_EFFECT:  # R0 reads the instrument; the paper gives it no effect to be powered for
+            continue
+        target = PAPER_EFFECT[r.claim]
         v_runs, v_items = components(float(r.mde) / MDE_Z, float(r.item_ci_low), float(r.item_ci_high))
         share = float(getattr(r, "base_share", np.nan))
         v_base = min(share * (float(r.mde) / MDE_Z) ** 2, v_runs) if not np.isnan(share) else 0.0

@@ -323,6 +323,11 @@ def claims(rows: pd.DataFrame, track: str = "one-layer", design: str = "main") -
     seeds resampled are the pretrained bases: ``n_bases`` is the number of seeds."""
 
     out = []
+    # R0: the regime. The theory's finetuning teaches the answer format of facts the model has stored, so its
+    # claims presume that finetuning on the whole pool lifts accuracy above the pretrained model's.
+    e = contrast(rows, "whole", "base", "correct")
+    out.append(findings.row("R0", track, "accuracy on test facts, whole-pool finetune minus the pretrained model", e,
+                            findings.regime(e), design, n_bases=e.n_seeds))
     e = contrast(rows, "known", "unknown", "correct")
     out.append(findings.row("B1", track, "accuracy on test facts, known-half minus unknown-half finetune (halves by "
                             "factual salience)", e, findings.judge(e, findings.directional), design,

@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from knowinject.core.config import build, require
+from knowinject.core.config import build, require, stage_params, track_stage
 
 from knowinject.data.worldfiles import WorldFiles
 
@@ -67,6 +67,13 @@ class Track:
                 "unseen_phrasing": self.unseen_phrasing,
                 **({"kernels": kernels.VERSION} if uses_kernels(cfg) else {}),
                 **({"optimizer": "adamw-fused"} if fused_optimizer(cfg) else {})}
+
+
+def settings(profile: str, name: str, model_name: str = models.SMOLLM2) -> dict:
+    """A track's finetuning settings in ``profile`` (:func:`knowinject.core.config.track_stage`): the tiny model's,
+    a built-in model's own (``track_gemma3``, chosen for Gemma by the fit criterion of docs/design.md, not copied
+    from SmolLM2's), else SmolLM2's, which a model of one's own starts from."""
+    return stage_params(profile, track_stage(profile, name, model_name if model_name in models.BUILTIN else models.SMOLLM2))
 
 
 def tiny_model_dir(world: WorldFiles, pretrain_cfg: PretrainConfig, profile: str | None = None) -> Path:

@@ -7,6 +7,7 @@ Usage: ``analysis.claims(result.preds, result.attention, cfg, "tiny")``.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from knowinject.studies import findings
@@ -61,6 +62,24 @@ def contrast(preds: pd.DataFrame, a: str, b: str, value: str = "em", **where) ->
     return stats.two_stage(ya, yb, paired_items=True, bounds=(0, 1), bases=bases)  # accuracy, attention, generic rate
 
 
+def lift(preds: pd.DataFrame, epoch: int, value: str = "em") -> stats.Effect:
+    """R0: the whole-pool finetune at ``epoch`` minus the base model (its one run, epoch 0), zero-shot, on the same
+    test facts, with the two-stage interval."""
+    d = preds[(preds.prompt == "zero-shot") & (((preds.condition == "whole") & (preds.epoch == epoch))
+                                               | (preds.condition == "base"))]
+    if stats.BASE in d:  # the tiny track has a base model per pretrained base, all labelled seed 0: one run each
+        is_base = d.condition == "base"
+        d = d.assign(seed=d.seed.where(~is_base, -1 - d[stats.BASE]))
+    return contrast(d, "whole", "base", value)
+
+
+def chance_rate(facts: pd.DataFrame) -> float:
+    """The accuracy of a blind guess over multiple-choice questions (mean of 1 / options, from their ``options``
+    or ``choices``); NaN for open questions."""
+    col = next((c for c in ("options", "choices") if c in facts), None)
+    return float(np.mean([1 / len(o) for o in facts[col]])) if col and len(facts) else float("nan")
+
+
 def mechanism_summary(preds: pd.DataFrame, att: pd.DataFrame, swap: pd.DataFrame | None = None) -> pd.DataFrame:
     """Attention share on the subject and the generic-answer rate, per condition and epoch; with ``swap``,
     how often the answer stays the same when the subject is swapped, and how far its log-probability
@@ -94,6 +113,9 @@ def claims(preds: pd.DataFrame, att: pd.DataFrame, cfg: StudyBConfig, track: str
     metric column names it ("multiple-choice accuracy" for a design in MMLU's form)."""
     last = cfg.epochs
     rows = []
+    e = lift(preds, last)
+    rows.append(findings.row("R0", track, f"{measure}, whole-pool finetune minus the base model (zero-shot, held-out "
+                             "test facts)", e, findings.regime(e), design))
     e = contrast(preds, "known", "unknown", epoch=last, prompt="zero-shot")
     rows.append(findings.row("B1", track, f"{measure}, known-half minus unknown-half finetune (zero-shot, held-out "
                              "test facts)", e, findings.judge(e, findings.directional), design))

@@ -147,10 +147,11 @@ def geonames_multiple_choice(world, relations, seed: int = 0, profile: str | Non
             for f in g.itertuples():
                 gold = {normalize_answer(a) for a in [f.value, *f.aliases]}
                 others = [v for v in values if normalize_answer(v) not in gold]
-                if len(others) < 3 or f.fact_id not in first.index:
+                if len(others) < factfiles.GEONAMES_OPTIONS - 1 or f.fact_id not in first.index:
                     continue
-                options = [f.value, *(others[i] for i in rng.choice(len(others), 3, replace=False))]
-                options = [options[i] for i in rng.permutation(4)]
+                drawn = rng.choice(len(others), factfiles.GEONAMES_OPTIONS - 1, replace=False)
+                options = [f.value, *(others[i] for i in drawn)]
+                options = [options[i] for i in rng.permutation(factfiles.GEONAMES_OPTIONS)]
                 rows.append({"subject": f.subject, "relation": rel, "question": first[f.fact_id], "answer": f.value,
                              "options": options, "popularity": f.popularity, "source_fact_id": f.fact_id})
         table = pd.DataFrame(rows)
