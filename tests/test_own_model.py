@@ -92,7 +92,7 @@ def test_notebooks_03_to_06_file_results_under_the_model(smoke_run, tmp_path):
     by_model = pd.read_csv(own / "by_model.csv")
     assert {SLUG, "smollm2", "tiny"} <= set(by_model.track) and not (smoke / "by_model.csv").read_text().count(SLUG)
     assert by_model[by_model.track == SLUG].architecture.eq("Gemma3ForCausalLM").all()
-    assert set(claims[claims.track == SLUG].claim) == {"A1", "A2", "A3", "A4", "A5", "B1", "B2", "B3", "B3-swap"}
+    assert set(claims[claims.track == SLUG].claim) == {"A1", "A2", "A3", "A4", "A5", "R0", "B1", "B2", "B3", "B3-swap"}
     prov = json.loads((own / "study_b_claims.provenance.json").read_text())
     ident = prov["models"][SLUG]
     assert ident["architecture"] == "Gemma3ForCausalLM" and ident["config"]["hidden_size"] == 64

@@ -27,9 +27,8 @@ PALETTE = sns.color_palette("colorblind")
 
 
 def _show_figures_as_png() -> None:
-    """In a notebook, ``display(fig)`` shows the figure as a PNG. Under the Agg backend nothing
-    registers that (the inline backend would, but it also shows every open figure a second time),
-    so an executed notebook held only "<Figure ...>" text; JupyterLab's browser check found it."""
+    """In a notebook, ``display(fig)`` shows the figure as a PNG. Under Agg nothing registers that (the inline backend
+    would, but shows every open figure twice), so an executed notebook held only "<Figure ...>" text."""
     try:
         from IPython import get_ipython
     except ImportError:
@@ -96,8 +95,7 @@ def loss_curve(log: pd.DataFrame, title: str):
 
 
 def knownness_by_exposure(summary: pd.DataFrame):
-    """QA accuracy of the pretrained tiny model about people whose QA was not in its corpus, by
-    exposure bucket, with 95% bootstrap intervals: one line per question-template split and kind."""
+    """The tiny model's QA accuracy on people whose QA was not in its corpus, by exposure bucket, one line per split."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     styles = {"train": "-", "heldout": "--"}
     for i, ((split, kind), g) in enumerate(summary.groupby(["template_split", "kind"])):
@@ -137,8 +135,7 @@ def storage_by_base(curves: pd.DataFrame):
 
 
 def accuracy_by_popularity(summary: pd.DataFrame, title: str):
-    """Accuracy of a base model by popularity quantile, one panel per relation, zero- and few-shot,
-    with 95% bootstrap intervals (``summary`` from ``stats.by_group``)."""
+    """Accuracy of a base model by popularity quantile, a panel per relation, zero- and few-shot (``stats.by_group``)."""
     relations = list(dict.fromkeys(summary.relation))
     fig, axes = plt.subplots(1, len(relations), figsize=(2.6 * len(relations), 3.2), sharey=True, squeeze=False)
     for ax, rel in zip(axes[0], relations):
@@ -157,8 +154,7 @@ def accuracy_by_popularity(summary: pd.DataFrame, title: str):
 
 
 def slick_by_popularity(table: pd.DataFrame, title: str):
-    """Share of SliCK categories per popularity quantile (all relations pooled); one panel per model where
-    ``table`` has a ``model`` column (the real models side by side on the same facts)."""
+    """Share of SliCK categories per popularity quantile, relations pooled; a panel per model if ``table`` has ``model``."""
     groups = list(table.groupby("model", sort=False)) if "model" in table else [(title, table)]
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.2), squeeze=False, sharey=True)
     for ax, (name, g) in zip(axes[0], groups):
