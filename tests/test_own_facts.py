@@ -140,7 +140,7 @@ def test_study_b_runs_on_each_published_layout_and_files_its_tables_under_its_ow
         assert (own / name).exists(), name
     claims = pd.read_csv(own / "findings.csv")
     # The pretrained track only (the tiny and theory models know nothing of these facts), every B claim.
-    assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"} and set(claims.track) == {facts_runs["model"]}
+    assert set(claims.claim) == {"R0", "B1", "B2", "B3", "B3-swap"} and set(claims.track) == {facts_runs["model"]}
     prov = json.loads((own / "study_b_claims.provenance.json").read_text())
     assert prov["configs"]["facts"]["slug"] == slug and len(prov["configs"]["facts"]["sha256"]) == 64
     known = json.loads((own / "fact-llama_knownness.json").read_text())
@@ -158,7 +158,7 @@ def _multiple_choice_claims(facts_runs, slug: str) -> Path:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     own = facts_runs["data"] / "results" / "smoke" / facts_runs["model"] / slug
     claims = pd.read_csv(own / "findings.csv")
-    assert set(claims.claim) == {"B1", "B2", "B3", "B3-swap"}
+    assert set(claims.claim) == {"R0", "B1", "B2", "B3", "B3-swap"}
     assert claims[claims.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
     return own
 
