@@ -62,7 +62,7 @@ smoke-reference: smoke ## the smoke claims as the reference `make test` compares
 
 test: $(STAMP) ## ruff, unit tests, and a smoke run of every notebook with assertions on its metrics
 	$(PY) -m ruff check src tests notebooks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20  # where the suite's minutes go, in every CI log (its budget: docs/performance.md)
 
 lint: $(STAMP) ## ruff only
 	$(PY) -m ruff check src tests notebooks

@@ -155,6 +155,8 @@ def test_smoke_05_study_b(smoke_run):
         and (swap.n_items > 0).all()
     letters = acc[(acc.track == "smollm2-mc") & (acc.condition == "base") & (acc.metric == "em")]
     assert len(letters) and letters["mean"].between(0, 1).all()
+    # The chance rate comes from the questions' own options (four per GeoNames question); open questions have none.
+    assert acc[acc.track == "smollm2-mc"].chance.eq(0.25).all() and acc[acc.track != "smollm2-mc"].chance.isna().all()
 
 
 def test_smoke_06_figures_and_findings(smoke_run):

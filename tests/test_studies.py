@@ -299,12 +299,17 @@ def tiny_dir(small_world, tmp_path_factory):
 
 
 def test_generation_is_the_same_with_frozen_weights(tiny_dir, small_world):
-    # Frozen weights take the logits_to_keep=0 path that keeps generation fast after LoRA training.
+    # Frozen weights (a LoRA run's base) take the path that projects a contiguous copy of the prefill's last
+    # position; the projection of every prompt position (versions before 0.8.1) answers the same.
     model, tok = models.load(tiny_dir)
     prompts = list(small_world.table("qa").prompt[:8])
     before = evaluate.generate(model, tok, prompts, max_new_tokens=6)
     model.requires_grad_(False)
     assert evaluate.generate(model, tok, prompts, max_new_tokens=6) == before
+    assert evaluate.generate(model, tok, prompts, max_new_tokens=6, prefill="every") == before
+    assert not model.get_output_embeddings()._forward_pre_hooks  # the copy's hook is removed after each batch
+    with pytest.raises(ValueError, match="prefill must be 'last' or 'every'"):
+        evaluate.generate(model, tok, prompts, prefill="all")
 
 
 def test_finetune_calls_back_after_every_epoch_in_eval_mode(tiny_dir):

@@ -32,12 +32,14 @@ def main(argv=None) -> int:
                          "of `make reproduce` (bench_grouped_agreement.csv, about 6 minutes)")
     ap.add_argument("--levers-only", action="store_true",
                     help="only what else could shorten the default reproduce: parallel pretraining, a tiny run's parts, "
-                         "Study B's evaluation (levers.csv, about 4 minutes)")
+                         "Study B's evaluation, the prefill's projection (bench_levers.csv, about 20 minutes)")
+    ap.add_argument("--lever", action="append", choices=levers.PARTS,
+                    help="with --levers-only: only this part (repeatable); its rows replace theirs in bench_levers.csv")
     args = ap.parse_args(argv)
     out = paths.results_dir("default") / "bench.csv"
     if args.levers_only:
         with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-            print(levers.main(quick=args.quick).drop(columns=["machine", "git_commit"]).round(3).to_string())
+            print(levers.main(quick=args.quick, only=args.lever).drop(columns=["machine", "git_commit"]).round(3).to_string())
         return 0
     if args.grouped_agreement:
         agree = concurrent.agreement()

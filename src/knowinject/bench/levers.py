@@ -147,15 +147,15 @@ def study_b_eval() -> list[dict]:
     body, head = param_split(model)
 
     def answered(prompts):
-        # Every prompt token and every answer token (and the newline that ends it) passes through the whole
-        # model once, the vocabulary projection included (generate's prefill keeps every logit): a lower
-        # bound on the FLOPs of answering (rows that finish early still ride along with their batch).
+        # Every prompt token and every answer token (and the newline that ends it) passes through the body
+        # once; the vocabulary projection runs once per answer token (the prefill's last position gives the
+        # first). The FLOPs answering needs: rows that finish early still ride along with their batch.
         start = time.perf_counter()
         with torch.no_grad():
             preds = study_b.compute.answer_questions(model, tok, items, prompts).prediction
         seconds = time.perf_counter() - start
-        tokens = sum(len(tok(p).input_ids) for p in prompts) + sum(len(tok(" " + p).input_ids) + 1 for p in preds)
-        return seconds, tokens
+        answer = sum(len(tok(" " + p).input_ids) + 1 for p in preds)
+        return seconds, (sum(len(tok(p).input_ids) for p in prompts) + answer, answer)
 
     start = time.perf_counter()
     with torch.no_grad():
@@ -173,19 +173,67 @@ def study_b_eval() -> list[dict]:
                "part": part, "threads": torch.get_num_threads(), "seconds": s, "share": s * per_run.get(part, 1) / run_s,
                "note": f"x{per_run[part]} a run" if per_run.get(part, 1) > 1 else ""}
         if tokens is not None:
-            row["mfu"] = 2 * (body + head) * tokens / s / peak
-            row["note"] = (row["note"] + f"; {tokens} prompt and answer tokens (MFU: a lower bound)").lstrip("; ")
+            row["mfu"] = 2 * (body * tokens[0] + head * tokens[1]) / s / peak
+            row["note"] = (row["note"] + f"; {tokens[0]} prompt and answer tokens").lstrip("; ")
         elif part == "training":
             row["mfu"] = flops_needed(model, "lora", m["tokens"], m["loss_tokens"]) / s / peak
         rows.append(row)
     return rows
 
 
-def main(quick: bool = False) -> pd.DataFrame:
+# --- Study B's answers: the prefill's vocabulary projection, every prompt position or the last only ------------
 
+def prefill_projection(quick: bool = False) -> list[dict]:
+    """Each real model's zero-shot and few-shot answers to the Study B design's test questions, through a
+    LoRA-wrapped base (frozen weights, as every finetuned run is evaluated), with the prefill projecting every
+    prompt position onto the vocabulary (versions before 0.8.1) or the last one only: seconds, and whether
+    the answers are the same strings. Gemma 3's 262k-entry projection makes the difference large."""
+    from peft import LoraConfig, get_peft_model
+
+    from knowinject.eval import evaluate
+
+    work = StudyBCondition()
+    n = 48 if quick else len(work.design.items)
+    prompts = {"zero-shot": list(work.design.items.prompt)[:n], "few-shot": list(work.design.few_shot)[:n]}
+    rows = []
+    for name in (models.SMOLLM2, models.GEMMA3):
+        track = tracks.make("smollm2", tracks.settings("default", "smollm2", name), default_world(), model_name=name)
+        model, tok = tracks.load_base(track)
+        model = get_peft_model(model, LoraConfig(r=track.lora_r, target_modules=["q_proj", "v_proj"]))
+        model.eval()
+        for form, ps in prompts.items():
+            out = {}
+            for prefill in ("every", "last"):
+                start = time.perf_counter()
+                answers = evaluate.generate(model, tok, ps, batch_size=64, prefill=prefill)
+                out[prefill] = (time.perf_counter() - start, answers)
+            for prefill, (s, answers) in out.items():
+                rows.append({"stage": f"Study B answers, {name} ({len(ps)} {form} prompts)",
+                             "part": f"prefill projects {'every prompt position' if prefill == 'every' else 'the last position'}",
+                             "threads": torch.get_num_threads(), "seconds": s, "speedup": out["every"][0] / s,
+                             "same_answers": answers == out["every"][1]})
+    return rows
+
+
+PARTS = ("pretraining", "compiled_pretraining", "tiny_run", "study_b_eval", "prefill_projection")
+
+
+def main(quick: bool = False, only: list[str] | None = None) -> pd.DataFrame:
+    """Every lever (or ``only`` the named parts of :data:`PARTS`, whose rows then replace those of the same
+    stages in the saved table; each row keeps the commit and machine it was measured on)."""
+    bad = sorted(set(only or ()) - set(PARTS))
+    if bad:
+        raise ValueError(f"no lever part {bad}: choose from {', '.join(PARTS)}")
     n_docs = 400 if quick else 8000
-    rows = pretraining(n_docs) + compiled_pretraining(n_docs) + tiny_run() + study_b_eval()
-    df = pd.DataFrame(rows)
+    calls = {"pretraining": lambda: pretraining(n_docs), "compiled_pretraining": lambda: compiled_pretraining(n_docs),
+             "tiny_run": tiny_run, "study_b_eval": study_b_eval, "prefill_projection": lambda: prefill_projection(quick)}
+    df = pd.DataFrame([row for part in (only or PARTS) for row in calls[part]()])
     df["machine"], df["git_commit"] = machine(), provenance()["git_commit"]
-    print(save_table(df, paths.results_dir("default") / "bench_levers.csv"))
+    out = paths.results_dir("default") / "bench_levers.csv"
+    if only and out.exists():
+        old = pd.read_csv(out)
+        stages = list(dict.fromkeys([*old.stage, *df.stage]))  # the table's order, new stages last
+        df = pd.concat([old[~old.stage.isin(df.stage)], df], ignore_index=True)
+        df = df.sort_values("stage", key=lambda c: c.map(stages.index), kind="stable").reset_index(drop=True)
+    print(save_table(df, out))
     return df

@@ -110,10 +110,18 @@ def _init(ray, address: str | None, kwargs: dict) -> None:
             time.sleep(2.0 * attempt)
 
 
+_BUSY = False  # in a worker: whether it is running a task (a SIGTERM then has runs to unwind)
+
+
 def _task(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
+    global _BUSY
     import torch
     torch.set_num_threads(threads)  # one task per CPU: tasks must not each take every core
-    return fn(job)
+    _BUSY = True
+    try:
+        return fn(job)
+    finally:
+        _BUSY = False
 
 
 _POOL = None  # (workers, threads, ProcessPoolExecutor): kept for the life of the process (a notebook's kernel)
@@ -125,6 +133,8 @@ def _threads(n_workers: int) -> int:
 
 
 def _exit_on_sigterm(signum, frame):
+    if not _BUSY:  # idle, or already exiting (the pool's shutdown): nothing to unwind, and no traceback to print
+        os._exit(128 + signum)
     raise SystemExit(128 + signum)  # unwinds the worker's runs: temporary folders removed, claims released
 
 

@@ -9,6 +9,7 @@ Usage: ``scores = evaluate.score_qa(model, tok, items)``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -59,19 +60,38 @@ def _batches(lengths, batch_size, routes=None):
     return batches
 
 
+@contextlib.contextmanager
+def _contiguous_head(model):
+    """The prefill of a generation projects only its last position onto the vocabulary (Hugging Face's
+    ``logits_to_keep=1``), as a contiguous copy. With frozen weights (a LoRA model's base) torch's matmul
+    does not fold the strided slice of hidden states into one matrix product: it expands the projection
+    per row (a [B, 576, 49152] copy for SmolLM2), 6x slower than projecting every prompt position. The
+    copy avoids both; for Gemma 3's 262k-entry vocabulary the projection of every position was most of a
+    few-shot prefill. Logits are unchanged: each row's projection is the same dot products."""
+    head = model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:])) if head is not None else None
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
 def _routed(routes, rows):
     """The routing of a batch whose rows are ``rows`` (no routing without ``routes``)."""
-    import contextlib
-
     return contextlib.nullcontext() if routes is None else routed([routes[i] for i in rows])
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 32,
-             chat: bool = False, temperature: float | None = None, seed: int = 0, routes=None) -> list[str]:
+             chat: bool = False, temperature: float | None = None, seed: int = 0, routes=None,
+             prefill: str = "last") -> list[str]:
     """Continuations of ``prompts``, each cut at its first newline: greedy, or sampled at
     ``temperature`` (plain softmax sampling, seeded) when one is given. ``routes`` (one adapter slot per
-    prompt, :mod:`knowinject.train.grouped`) evaluates many adapters over one base in the same batches."""
+    prompt, :mod:`knowinject.train.grouped`) evaluates many adapters over one base in the same batches.
+    ``prefill="every"`` projects every prompt position onto the vocabulary, as versions before 0.8.1 did
+    (the same answers; ``make bench`` measures the two against each other)."""
+    require(prefill in ("last", "every"), f"prefill must be 'last' or 'every', not {prefill!r}")
     sampling = {} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     if temperature is not None:
         torch.manual_seed(seed)
@@ -79,18 +99,14 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 12, bat
     stop = newline_token_ids(tokenizer) + [tokenizer.eos_token_id]
     out = [""] * len(prompts)
     device = next(model.parameters()).device
-    # With frozen weights (a LoRA model's base, requires_grad=False) torch's matmul does not fold the
-    # sliced last-position hidden states of the prefill into one matrix product: it expands the
-    # vocabulary projection per row instead (a [B, 576, 49152] copy), which made generation after
-    # finetuning 6x slower (8.7 s vs 1.5 s for 56 prompts, measured). Keeping every prefill logit
-    # (logits_to_keep=0) avoids the slice; decoding steps are unaffected.
-    keep = {"logits_to_keep": 0} if getattr(model, "_supports_logits_to_keep", lambda: False)() else {}
+    keeps = getattr(model, "_supports_logits_to_keep", lambda: False)
     for idx in _batches([len(e) for e in encoded], batch_size, routes):
         ids, mask = _left_pad([encoded[i] for i in idx], tokenizer.pad_token_id)
-        with _routed(routes, idx):
+        with _routed(routes, idx), _contiguous_head(model) if prefill == "last" else contextlib.nullcontext():
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                                  eos_token_id=stop, pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                                 **keep, **(sampling or {"do_sample": False}))
+                                 **({"logits_to_keep": 0} if prefill == "every" and keeps() else {}),
+                                 **(sampling or {"do_sample": False}))
         for row, i in enumerate(idx):
             text = tokenizer.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
             out[i] = text.split("\n", 1)[0]

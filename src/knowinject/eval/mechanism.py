@@ -60,6 +60,9 @@ def attention_to_subject(model, tokenizer, items: pd.DataFrame, routes=None) -> 
 def _attention_rows(model, tokenizer, items: pd.DataFrame, device, routes=None) -> pd.DataFrame:
 
     rows = [None] * len(items)
+    # Attention weights need no vocabulary projection (for Gemma 3's 262k entries, most of a forward): the decoder alone.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = base.get_decoder() if hasattr(base, "get_decoder") else model
     positions = pd.Series(range(len(items))).groupby(items.prompt.to_numpy(), sort=False)
     for prompt, where in positions:
         where = list(where)
@@ -69,8 +72,7 @@ def _attention_rows(model, tokenizer, items: pd.DataFrame, device, routes=None) 
         ids, subj, rel = _spans(prompt, first.subject, tokenizer)
         # Items sharing a prompt are one question (the prompt names the subject): one row each, one batch.
         with routed([routes[i] for i in where]) if routes is not None else contextlib.nullcontext():
-            out = model(input_ids=torch.tensor([ids] * len(where), device=device), output_attentions=True,
-                        use_cache=False)
+            out = body(input_ids=torch.tensor([ids] * len(where), device=device), output_attentions=True, use_cache=False)
         if out.attentions is None or out.attentions[0] is None:
             raise RuntimeError("the model returned no attentions: load it with attn_implementation='eager'")
         for row, i in enumerate(where):

@@ -30,6 +30,7 @@ from knowinject.train.tracks import load_base
 from knowinject.eval import evaluate, mechanism, scoring
 from knowinject.eval.knownness import KnownnessConfig
 
+from knowinject.studies.study_b.analysis import chance_rate
 from knowinject.studies.study_b.design import (
     StudyBConfig,
     all_jobs,
@@ -296,6 +297,7 @@ class TrackResult:
     fit: pd.DataFrame
     seconds: float
     swap: pd.DataFrame           # the subject swap at the final checkpoint (B3's causal reading)
+    chance: float = float("nan")  # a blind guess's accuracy on the test questions (NaN: open questions)
 
 
 def per_base(track, cfg: StudyBConfig) -> dict:
@@ -324,10 +326,12 @@ def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: Kn
         for b, (t, c) in per_base(track, cfg).items():
             pool, test = split(candidates(t, world, c.relations, known_cfg, subset, profile), c)
             qa = world.table("qa_realworld" if t.name == "smollm2" else "qa")
-            folders, tasks = plan_jobs(t, make_design(t, world, pool, test, qa, c), all_jobs(c), grouping, profile)
-            parts[b] = (pool, test, folders, tasks)
+            design = make_design(t, world, pool, test, qa, c)
+            folders, tasks = plan_jobs(t, design, all_jobs(c), grouping, profile)
+            # Read from the questions asked (their options), not the test facts, which carry none.
+            parts[b] = (pool, test, folders, tasks, chance_rate(design.items))
         prepared.append(parts)
-    executor.run_tasks([t for parts in prepared for *_, tasks in parts.values() for t in tasks] + list(also),
+    executor.run_tasks([t for parts in prepared for *_, tasks, _ in parts.values() for t in tasks] + list(also),
                        desc="study B", progress=progress,
                        gpu=any(executor.needs_gpu(t) for s in setups
                                for t in (s[0].values() if isinstance(s[0], dict) else [s[0]])))
@@ -335,18 +339,18 @@ def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: Kn
     out = []
     for parts in prepared:
         results = []
-        for b, (pool, test, folders, _) in parts.items():
+        for b, (pool, test, folders, _, chance) in parts.items():
             preds, att, fit, swap = collect(folders, test)
             tag = {stats.BASE: b} if b is not None and len(parts) > 1 else {}
             results.append(TrackResult(pool.assign(**tag), test.assign(**tag), folders, preds.assign(**tag),
-                                       att.assign(**tag), fit.assign(**tag), seconds, swap.assign(**tag)))
+                                       att.assign(**tag), fit.assign(**tag), seconds, swap.assign(**tag), chance))
         if len(results) == 1:
             out.append(results[0])
             continue
         tables = {f: pd.concat([getattr(r, f) for r in results], ignore_index=True)
                   for f in ("pool", "test", "preds", "attention", "fit", "swap")}
         out.append(TrackResult(tables["pool"], tables["test"], [f for r in results for f in r.folders], tables["preds"],
-                               tables["attention"], tables["fit"], seconds, tables["swap"]))
+                               tables["attention"], tables["fit"], seconds, tables["swap"], results[0].chance))
     return out
 
 
