@@ -8,4 +8,9 @@ and ``pipeline`` beside them; ``bench`` measures the rest and is imported by non
 Usage: ``from knowinject.data import world``; ``from knowinject.studies import study_a``.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("knowinject")  # pyproject.toml's, as installed (make setup reinstalls on a bump)
+except _metadata.PackageNotFoundError:  # imported from src/ without an install
+    __version__ = "unknown"
