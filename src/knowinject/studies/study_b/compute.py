@@ -311,14 +311,15 @@ def per_base(track, cfg: StudyBConfig) -> dict:
 
 def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: KnownnessConfig,
                subset: int | None = None, profile: str | None = None, progress: bool = True,
-               also: list[tuple] = ()) -> list[TrackResult]:
+               also: list[tuple] = (), jobs=all_jobs) -> list[TrackResult]:
     """For each ``(track, world, cfg)`` design: the candidates (knownness measured with ``known_cfg`` on
     ``subset`` of the real-world facts, :func:`.design.candidates`), the pool/test split, every run
     (cached) and their collected tables. All designs' runs are computed by one pool of workers (no
     worker waits at the end of one design while the next could start); ``also``: other executor tasks
     to share the pool with (the theory model's settings, :func:`knowinject.studies.theory.task`).
     ``track`` may be one track per pretrained base (a dict by pretraining seed): the design's seeds are
-    spread over the bases (:func:`per_base`), and every table gains a ``pretrain_seed`` column."""
+    spread over the bases (:func:`per_base`), and every table gains a ``pretrain_seed`` column. ``jobs``: the
+    (condition, seed) pairs a design's config asks for (default: every condition of every seed, and the base)."""
     start = time.perf_counter()
     prepared = []
     for track, world, cfg in setups:
@@ -327,7 +328,7 @@ def run_tracks(setups: list[tuple], grouping: grouped.GroupConfig, known_cfg: Kn
             pool, test = split(candidates(t, world, c.relations, known_cfg, subset, profile), c)
             qa = world.table("qa_realworld" if t.name == "smollm2" else "qa")
             design = make_design(t, world, pool, test, qa, c)
-            folders, tasks = plan_jobs(t, design, all_jobs(c), grouping, profile)
+            folders, tasks = plan_jobs(t, design, jobs(c), grouping, profile)
             # Read from the questions asked (their options), not the test facts, which carry none.
             parts[b] = (pool, test, folders, tasks, chance_rate(design.items))
         prepared.append(parts)
