@@ -151,10 +151,14 @@ def _start_worker(threads: int) -> None:
 
 
 def _in_worker(fn: Callable[[Any], Any], task: Any) -> Any:
+    global _BUSY
+    _BUSY = True
     try:
         return fn(task)
     except SystemExit:  # SIGTERM from stop_workers, after the task's runs unwound: leave, take nothing more
         os._exit(143)
+    finally:
+        _BUSY = False
 
 
 def stop_workers(grace_s: float = 10.0) -> None:
