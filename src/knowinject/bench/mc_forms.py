@@ -9,8 +9,9 @@ chance (``make mc-forms``; not part of ``make reproduce``).
 
 Zero-shot and with 3 solved questions of the same relation before it (in the same form). The base models are
 loaded as Study B evaluates them (bf16 where the CPU has it). Accuracy is over every question, with a 95%
-bootstrap interval; a form is *above chance* when its interval lies above 1 / 4. This measures which form and
-model an instrument can use; it trains nothing. Writes ``data/results/mc_forms.csv``.
+bootstrap interval; a form is *above chance* when its interval lies above 1 / 4. Beside them, a blind guess
+that knows only how often each answer occurs (:func:`frequency_baseline`). This measures which form and model an
+instrument can use; it trains nothing. Writes ``data/results/mc_forms.csv``.
 Usage: ``python -m knowinject.bench.mc_forms``.
 """
 
@@ -77,6 +78,18 @@ def accuracy(model, tok, table: pd.DataFrame, form: str, k_shot: int) -> dict[st
             "acc_norm": np.array([int(np.argmax(s / n)) for s, n in zip(lp, size)]) == gold}
 
 
+def frequency_baseline(table: pd.DataFrame) -> np.ndarray:
+    """A blind guess that knows the answers' frequencies and nothing of the question: of a question's options, the
+    one that is most often the answer among the other questions of its relation (a cloze score's prior can lean
+    the same way). Per question, whether it is right."""
+    right = []
+    for r in table.itertuples():
+        others = table[(table.relation == r.relation) & (table.fact_id != r.fact_id)].answer.value_counts()
+        counts = [others.get(o, 0) for o in r.options]
+        right.append(list(r.options)[int(np.argmax(counts))] == r.answer)
+    return np.array(right)
+
+
 def measure() -> pd.DataFrame:
     wcfg = build(world.WorldConfig, stage_params(PROFILE, "world"), "world")
     w = worldfiles.build(wcfg, build(geo.RealWorldConfig, stage_params(PROFILE, "realworld"), "realworld"), PROFILE)
@@ -84,17 +97,21 @@ def measure() -> pd.DataFrame:
     table = study_b.factset.geonames_multiple_choice(w, cfg.relations, wcfg.seed, PROFILE).facts
     chance = float(np.mean([1 / len(o) for o in table.options]))
     rows = []
+
+    def add(name, form, k, metric, right):
+        m, lo, hi = stats.bootstrap_ci(pd.Series(right.astype(float)))
+        rows.append({"model": name, "form": form, "k_shot": k, "metric": metric, "accuracy": m, "ci_low": lo,
+                     "ci_high": hi, "chance": chance, "above_chance": bool(lo > chance), "n_questions": len(right)})
+        print(rows[-1], flush=True)
+
+    add("none", "the most frequent answer among the options", 0, "acc", frequency_baseline(table))
     for name in (models.SMOLLM2, models.GEMMA3):
         model, tok = tracks.load_base(tracks.make("smollm2", tracks.settings(PROFILE, "smollm2", name), w,
                                                   model_name=name))
         for form in ("lettered", "cloze"):
             for k in (0, K_SHOT):
                 for metric, right in accuracy(model, tok, table, form, k).items():
-                    m, lo, hi = stats.bootstrap_ci(pd.Series(right.astype(float)))
-                    rows.append({"model": name, "form": form, "k_shot": k, "metric": metric, "accuracy": m,
-                                 "ci_low": lo, "ci_high": hi, "chance": chance, "above_chance": bool(lo > chance),
-                                 "n_questions": len(right)})
-                    print(rows[-1], flush=True)
+                    add(name, form, k, metric, right)
     return pd.DataFrame(rows)
 
 
