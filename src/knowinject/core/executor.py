@@ -113,15 +113,20 @@ def _init(ray, address: str | None, kwargs: dict) -> None:
 _BUSY = False  # in a worker: whether it is running a task (a SIGTERM then has runs to unwind)
 
 
-def _task(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
+def _run_busy(fn: Callable[[Any], Any], task: Any) -> Any:
+    """``fn(task)`` with the worker marked busy, so that a SIGTERM meanwhile unwinds the task's runs."""
     global _BUSY
-    import torch
-    torch.set_num_threads(threads)  # one task per CPU: tasks must not each take every core
     _BUSY = True
     try:
-        return fn(job)
+        return fn(task)
     finally:
         _BUSY = False
+
+
+def _task(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
+    import torch
+    torch.set_num_threads(threads)  # one task per CPU: tasks must not each take every core
+    return _run_busy(fn, job)
 
 
 _POOL = None  # (workers, threads, ProcessPoolExecutor): kept for the life of the process (a notebook's kernel)
@@ -151,14 +156,10 @@ def _start_worker(threads: int) -> None:
 
 
 def _in_worker(fn: Callable[[Any], Any], task: Any) -> Any:
-    global _BUSY
-    _BUSY = True
     try:
-        return fn(task)
+        return _run_busy(fn, task)
     except SystemExit:  # SIGTERM from stop_workers, after the task's runs unwound: leave, take nothing more
         os._exit(143)
-    finally:
-        _BUSY = False
 
 
 def stop_workers(grace_s: float = 10.0) -> None:
