@@ -52,6 +52,19 @@ def test_deviation_aligns_rows_by_their_labels_and_ignores_timings():
     assert abs(d["largest deviation"] - 0.03) < 1e-12 and d["in column"] == "em" and d["rows compared"] == 2
 
 
+def test_deviation_aligns_rows_by_their_checkpoint_when_a_track_is_added():
+    """Study B's accuracy rows are told apart by their epoch too: a track added in the middle of the table (the
+    cloze multiple choice in place of the lettered one) leaves every other row compared with itself."""
+    rows = [{"condition": c, "epoch": e, "track": t, "mean": m} for t, m in (("smollm2", 0.5), ("tiny", 0.3))
+            for c in ("base", "whole") for e in (0, 1)]
+    old = pd.DataFrame(rows)
+    new = pd.concat([old.iloc[:4], pd.DataFrame(rows[:4]).assign(track="smollm2-cloze", mean=0.9), old.iloc[4:]],
+                    ignore_index=True)
+    d = compare.deviation(old, new)
+    assert d["largest deviation"] == 0 and d["rows compared"] == 8 and d["rows this run"] == 12
+    assert compare.deviation(old, new.assign(mean=new["mean"] + (new.track == "tiny") * 0.1))["in column"] == "mean"
+
+
 def test_deviation_keeps_rows_whose_later_labels_quote_a_number_that_moved():
     # findings.csv's B3 metric text quotes the generic-answer rate: the row is the same claim, not a new one
     old = pd.DataFrame({"claim": ["A1", "B3", "B3"], "track": ["tiny", "tiny", "smollm2"],

@@ -4,8 +4,10 @@ and Study B's advice as ``--keep known``."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -77,6 +79,28 @@ def test_multiple_choice_is_known_when_the_correct_letter_is_most_probable(model
     assert len(scored) == 4 and all(abs(sum(p) - 1) < 1e-6 for p in scored.option_probs)
     best = [max(range(4), key=lambda i: p[i]) for p in scored.option_probs]
     assert scored.known.tolist() == [b == "ABCD".index(a) for b, a in zip(best, scored.answer_letter)]
+
+
+def test_a_cloze_question_is_known_when_its_option_text_is_chosen_per_byte(model_dir, runs):
+    """The cloze form: each option's text scored after the question's QA prompt; known when the correct option has
+    the highest log-likelihood per byte (acc_norm), the same choice Study B's answers make; cached apart from the
+    lettered form's scores."""
+    cfg = curate.knownness.KnownnessConfig(k_shot=1)
+    mmlu = FIX / "mmlu" / "data" / "test"
+    cloze = curate.score(model_dir, mmlu, cfg, progress=False, mc_form="cloze")
+    lettered = curate.score(model_dir, mmlu, cfg, progress=False)
+    assert len(list(runs.glob("knownness-facts-*"))) == 2 and all(abs(sum(p) - 1) < 1e-6 for p in cloze.option_probs)
+    model, tok = models.load(model_dir)
+    best = [int(np.argmax(p)) for p in cloze.option_probs]
+    assert cloze.known.tolist() == [b == "ABCD".index(a) for b, a in zip(best, cloze.answer_letter)]
+    zero = curate.measure_mc(model, tok, cloze, cloze, replace(cfg, k_shot=0), "cloze")
+    lp = curate.evaluate.option_logprobs(model, tok, [curate.render.qa_prompt(q) for q in cloze.question],
+                                         [list(o) for o in cloze.options])
+    assert zero.known.tolist() == [curate.norm_choice(x, o) == "ABCD".index(a)
+                                   for x, o, a in zip(lp, cloze.options, cloze.answer_letter)]
+    assert lettered.option_probs.map(len).eq(4).all() and not cloze.option_probs.equals(lettered.option_probs)
+    with pytest.raises(curate.ConfigError, match="mc_form must be one of lettered, cloze"):
+        curate.score(model_dir, mmlu, cfg, progress=False, mc_form="letter")
 
 
 def test_bad_fact_files_and_models_are_refused_with_a_message(model_dir, runs, tmp_path, capsys):

@@ -121,16 +121,17 @@ def test_smoke_04_study_a(smoke_run):
 
 def test_smoke_05_study_b(smoke_run):
     claims = pd.read_csv(_results(smoke_run) / "study_b_claims.csv")
-    for design, tracks in (("main", ("one-layer", "smollm2", "smollm2-mc", "tiny")),
+    for design, tracks in (("main", ("one-layer", "smollm2", "smollm2-cloze", "tiny")),
                            ("replication", ("one-layer", "smollm2", "tiny"))):
         d = claims[claims.design == design]
         # R0 (does finetuning lift factuality?) for every instrument, the one-layer model's pretrained model included.
         assert sorted(zip(d.claim, d.track)) == sorted([(c, t) for c in ("R0", "B1", "B2", "B3", "B3-swap")
                                                         for t in tracks]), design
     assert set(claims[claims.claim == "R0"].verdict) <= {"lifts", "lowers", "undecided", "unmeasurable"}
-    # Study B in MMLU's form: SmolLM2 on the GeoNames facts as four-way questions, scored by the letter.
-    mc = claims[claims.track == "smollm2-mc"]
-    assert mc[mc.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy").all()
+    # Study B as multiple choice in the cloze form: SmolLM2 on the GeoNames facts as four-way questions, each option's
+    # text scored after the question (acc_norm); the lettered form runs in the full profile.
+    mc = claims[claims.track == "smollm2-cloze"]
+    assert mc[mc.claim.isin(["B1", "B2"])].metric.eq("multiple-choice accuracy (cloze, acc_norm)").all()
     levels = pd.read_csv(_results(smoke_run) / "study_b_by_level.csv")
     tiny = levels[(levels.track == "tiny") & (levels.condition == "base")]
     assert set(tiny["level"]) >= {"1", "2-3", "4-10"} and tiny.n_items.nunique() == 1  # stratified test set
@@ -151,20 +152,22 @@ def test_smoke_05_study_b(smoke_run):
     assert mech[mech.metric == "subject_attention_share"]["mean"].between(0, 1).all()
     # B3's causal reading: every track's final checkpoints asked their test questions about swapped subjects.
     swap = mech[mech.metric == "answer_unchanged_on_subject_swap"]
-    assert set(swap.track) == {"smollm2", "smollm2-mc", "tiny"} and swap["mean"].between(0, 1).all() \
+    assert set(swap.track) == {"smollm2", "smollm2-cloze", "tiny"} and swap["mean"].between(0, 1).all() \
         and (swap.n_items > 0).all()
-    letters = acc[(acc.track == "smollm2-mc") & (acc.condition == "base") & (acc.metric == "em")]
-    assert len(letters) and letters["mean"].between(0, 1).all()
+    # acc_norm (em) and acc (summed log-likelihood) are both reported for every condition of the cloze track.
+    cloze = acc[(acc.track == "smollm2-cloze") & (acc.bucket == "all")]
+    assert len(cloze) and cloze["mean"].between(0, 1).all()
+    assert set(cloze[cloze.metric == "acc"].condition) == set(cloze[cloze.metric == "em"].condition)
     # The chance rate comes from the questions' own options (four per GeoNames question); open questions have none.
-    assert acc[acc.track == "smollm2-mc"].chance.eq(0.25).all() and acc[acc.track != "smollm2-mc"].chance.isna().all()
+    assert acc[acc.track == "smollm2-cloze"].chance.eq(0.25).all() and acc[acc.track != "smollm2-cloze"].chance.isna().all()
 
 
 def test_smoke_06_figures_and_findings(smoke_run):
     table = pd.read_csv(_results(smoke_run) / "findings.csv")
     assert list(table.columns) == findings.COLUMNS
     assert len(table) == 5 * 2 + 5 * 4 and table.mde.notna().sum() >= 18  # R0 beside B1-B3 on every Study B track
-    # Every claim has its replication but Study B in MMLU's form, which has no replication design.
-    mc = table.track == "smollm2-mc"
+    # Every claim has its replication but Study B as multiple choice, which has no replication design.
+    mc = table.track == "smollm2-cloze"
     assert table[~mc].replication_verdict.notna().all() and table[mc].replication_verdict.isna().all()
     # The tiny track's seeds finetuned both smoke bases, and its intervals resampled them (notebooks 04, 05).
     main = table.set_index(["claim", "track"])
@@ -186,7 +189,7 @@ def test_smoke_06_figures_and_findings(smoke_run):
     # The paper's effect where it states one (B1 5-10 points, B2's and A5's margins), empty where a direction only.
     # Every claim by model: the instruments with a model (the one-layer model has none), smallest first.
     by_model = pd.read_csv(_results(smoke_run) / "by_model.csv")
-    assert set(by_model.track) == {"tiny", "smollm2", "smollm2-mc"}
+    assert set(by_model.track) == {"tiny", "smollm2", "smollm2-cloze"}
     assert by_model.groupby("claim", sort=False).n_params.is_monotonic_increasing.all()
     assert len(by_model) == len(table[table.track != "one-layer"])
     stated = table.set_index(["claim", "track"]).paper_effect.fillna("").groupby(level="claim").first()

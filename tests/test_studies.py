@@ -24,7 +24,7 @@ from knowinject.train import models, tracks
 from knowinject.train.finetune import FinetuneConfig, finetune
 from knowinject.train.grouped import GroupConfig
 
-from knowinject.eval import evaluate, mechanism
+from knowinject.eval import curate, evaluate, mechanism
 
 from knowinject.studies import findings, study_a, study_b, theory
 
@@ -472,6 +472,35 @@ def test_a_multiple_choice_answer_is_the_letter_ranked_first_and_trains_on_the_l
     assert (mmlu.study_rows(mmlu.facts).subject == mmlu.facts.question).all()
     with pytest.raises(ValueError, match=r"no relation has 4 or more facts \(\{'mmlu:astronomy': 3"):
         mmlu.require_study_b()  # the fixture's 3 + 1 questions cannot be split
+
+
+def test_a_cloze_answer_is_the_option_text_chosen_per_byte_and_trains_on_that_text(tiny_dir, tmp_path):
+    """Study B as multiple choice in the cloze form (OLMES's form for small models): the question's QA prompt, each
+    option's text scored as its continuation; the prediction is the option with the highest log-likelihood per byte
+    (acc_norm), ``acc`` whether the highest summed log-likelihood's option is right; training writes the text."""
+    assert curate.norm_choice([-4.0, -5.0], ["ab", "abcdefgh"]) == 1  # -4/3 < -5/9: the longer option, per byte
+    assert curate.norm_choice([-4.0, -5.0], ["A", "B"]) == 0  # letters: the most probable
+    model, tok = models.load(tiny_dir)
+    rows = [{"subject": f"Town {i}", "relation": "country", "question": f"Which country is Town {i} in?",
+             "answer": "Norland", "options": ["Al", "Norland", "Vell", "Kadar"]} for i in range(4)]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lettered, fs = (study_b.factset.FactSet(tmp_path / "mc.jsonl", mc_form=f) for f in ("lettered", "cloze"))
+    qa = fs.table()
+    assert fs.measure == "multiple-choice accuracy (cloze, acc_norm)" and set(qa.answer) == {"Norland"}
+    assert list(qa.prompt[:2]) == ["Q: Which country is Town 0 in?\nA:", "Q: Which country is Town 1 in?\nA:"]
+    assert all(c == rows[0]["options"] for c in qa.choices)
+    assert fs.folder != lettered.folder and fs.identity()["mc_form"] == "cloze"  # other targets, other runs
+    assert study_b.design.qa_examples(fs.facts.assign(value="Norland").iloc[:1], qa, 0)[0]["completion"] == " Norland\n"
+    items = qa.iloc[:4].reset_index(drop=True)
+    out = study_b.compute.answer_questions(model, tok, items, list(items.prompt))
+    lp = evaluate.option_logprobs(model, tok, list(items.prompt), list(items.choices))
+    size = [np.array([len(f" {o}".encode()) for o in c]) for c in items.choices]
+    assert list(out.prediction) == [" " + c[int(np.argmax(x / n))] for c, x, n in zip(items.choices, lp, size)]
+    assert any(np.argmax(x / n) != np.argmax(x) for x, n in zip(lp, size))  # options on which the two rules differ
+    assert list(out.em) == [p == " Norland" for p in out.prediction]
+    assert list(out.acc) == [c[int(np.argmax(x))] == "Norland" for c, x in zip(items.choices, lp)]
+    with pytest.raises(ValueError, match="mc_form must be one of lettered, cloze, got 'letters'"):
+        study_b.factset.FactSet(tmp_path / "mc.jsonl", mc_form="letters")
 
 
 def test_runs_are_keyed_by_the_models_weights_not_its_folder(small_world, tmp_path):

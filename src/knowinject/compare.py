@@ -29,6 +29,9 @@ from knowinject.core import paths
 from knowinject.core.config import second_models
 
 TIMING = ("seconds", "tokens_per_s", "train_seconds", "wall_s", "s_per_step", "runs_per_hour", "finished_utc")
+# Whole-number columns that say which row it is (the checkpoint, the seed), not what it measured: where the text
+# labels alone do not identify the rows, they join them, so that a track added to a table does not shift its rows.
+INDEX_NUMBERS = ("epoch", "seed", "k_shot", "pretrain_seed")
 OUTCOMES = ("verdict", "reason", "replication_verdict", "replication_reason", "prediction", "predicted", "response",
             "slick", "identified")
 FLIPS = {("reproduced", "not reproduced"), ("not reproduced", "reproduced"), ("lifts", "lowers"), ("lowers", "lifts")}
@@ -176,7 +179,8 @@ def drift(reference: pd.DataFrame, new: pd.DataFrame, factor: float = DRIFT_FACT
 
 def deviation(old: pd.DataFrame, new: pd.DataFrame) -> dict:
     """The largest absolute difference over the numeric columns both tables have, rows aligned by their
-    non-numeric columns where those identify them, else by position."""
+    non-numeric columns where those identify them, or with their checkpoint and seed (:data:`INDEX_NUMBERS`),
+    else by position."""
     num = [c for c in old.columns if c in new.columns and c not in TIMING and old[c].dtype.kind in "fiub"
            and new[c].dtype.kind in "fiub"]
     # Rows are identified by their labels, not by their outcomes (a verdict that changed is a row that
@@ -187,6 +191,9 @@ def deviation(old: pd.DataFrame, new: pd.DataFrame) -> dict:
     # (findings' B3 metric quotes its generic-answer rate), and keying on it would drop the rows it moved in.
     keys = next((labels[:k] for k in range(1, len(labels) + 1)
                  if not old.duplicated(labels[:k]).any() and not new.duplicated(labels[:k]).any()), [])
+    index = [c for c in INDEX_NUMBERS if c in num]
+    if not keys and index and not old.duplicated(labels + index).any() and not new.duplicated(labels + index).any():
+        keys, num = labels + index, [c for c in num if c not in index]
     if keys:
         label = {c: str for c in keys}  # one dtype on both sides (a CSV column reads as float where it is empty)
         both = old[keys + num].astype(label).merge(new[keys + num].astype(label), on=keys, how="inner",

@@ -87,7 +87,7 @@ def second_models(profile: str) -> dict[str, dict[str, dict[str, Any]]]:
     if not isinstance(data, dict) or not all(isinstance(v, dict) and all(isinstance(p, dict) or p is None
                                                                          for p in v.values()) for v in data.values()):
         raise ConfigError(f"profile {profile!r}: second_models must map a model to {{notebook stem: parameters}}, "
-                          "e.g. gemma3: {05_study_b: {multiple_choice: false}}")
+                          "e.g. gemma3: {05_study_b: {mc_forms: \"\"}}")
     return {m: {nb: dict(p or {}) for nb, p in nbs.items()} for m, nbs in data.items()}
 
 

@@ -5,8 +5,10 @@ scores every fact of ``F`` (any layout :mod:`knowinject.data.facts` reads) with 
 uses: zero-shot and few-shot greedy exact match, the probability of the gold answer, and the SliCK
 category from ``n_sets`` exemplar sets (exemplars: other subjects of the same relation, in the table's
 own wording). A fact is *known* when greedy decoding answers it with at least one exemplar set
-(HighlyKnown or MaybeKnown). Multiple-choice tables (MMLU) are scored as their benchmark is: a question
-is known when the model puts the highest probability on the correct option's letter.
+(HighlyKnown or MaybeKnown). Multiple-choice tables (MMLU) are scored in one of two forms (``--mc-form``):
+``lettered``, as their benchmark is (known when the model puts the highest probability on the correct option's
+letter), or ``cloze``, OLMES's form for small base models (each option's text scored as the continuation of the
+question's QA prompt; known when the correct option has the highest log-likelihood per byte, ``acc_norm``).
 
 ``--facts geonames`` scores the compendium's own 1,244 GeoNames facts through notebook 03's cached run
 (its questions and exemplars come from the world's templates), so its SliCK counts are notebook 03's.
@@ -63,9 +65,37 @@ def mc_prompt(question: str, options: list[str]) -> str:
     return question + "".join(f"\n{letter}. {o}" for letter, o in zip(factfiles.LETTERS, options)) + "\nAnswer:"
 
 
-def measure_mc(model, tok, chunk: pd.DataFrame, table: pd.DataFrame, cfg: knownness.KnownnessConfig) -> pd.DataFrame:
-    """Multiple choice: ``k_shot`` solved questions of the same subject (others than this one), then the
-    question; the option letters scored; known when the correct letter is the most probable."""
+MC_FORMS = ("lettered", "cloze")
+
+
+def mc_question(question: str, options: list[str], form: str) -> str:
+    """A multiple-choice question's prompt in ``form``: lettered (the options listed, ``Answer:``) or cloze (the
+    compendium's QA prompt; the options are scored as its continuations)."""
+    return mc_prompt(question, options) if form == "lettered" else render.qa_prompt(question)
+
+
+def mc_targets(options: list[str], form: str) -> list[str]:
+    """What a multiple-choice answer is written as, per option: its letter (lettered) or its text (cloze)."""
+    return list(factfiles.LETTERS[:len(options)]) if form == "lettered" else list(options)
+
+
+def mc_answer(row, form: str) -> str:
+    """A multiple-choice row's right answer as the model writes it in ``form``: its letter, or its option's text."""
+    return mc_targets(row.options, form)[factfiles.LETTERS.index(row.answer_letter)]
+
+
+def norm_choice(scores, targets: list[str]) -> int:
+    """The option with the highest log-likelihood per byte of its continuation ``" {target}"`` (lm-evaluation-harness's
+    ``acc_norm``). For letters, all of one length, it is the most probable letter."""
+    return int(np.argmax(np.asarray(scores) / [len(f" {t}".encode()) for t in targets]))
+
+
+def measure_mc(model, tok, chunk: pd.DataFrame, table: pd.DataFrame, cfg: knownness.KnownnessConfig,
+               form: str = "lettered") -> pd.DataFrame:
+    """Multiple choice: ``k_shot`` solved questions of the same relation (others than this one), then the
+    question, in ``form`` (:data:`MC_FORMS`); each option's letter or text scored; known when the correct option is
+    the ``acc_norm`` choice (:func:`norm_choice`; for letters, the most probable). ``gold_prob``: the correct option's
+    share of the options' per-byte likelihoods, which breaks ties between known facts."""
     rng = numpy_rng(cfg.seed, "knownness-mc-shots")
     by_relation = dict(tuple(table.groupby("relation")))
     prompts = []
@@ -73,15 +103,16 @@ def measure_mc(model, tok, chunk: pd.DataFrame, table: pd.DataFrame, cfg: knownn
         pool = by_relation[r.relation]
         pool = pool[pool.fact_id != r.fact_id]
         shots = pool.iloc[rng.choice(len(pool), min(cfg.k_shot, len(pool)), replace=False)] if cfg.k_shot else pool[:0]
-        prompts.append("".join(mc_prompt(s.question, s.options) + f" {s.answer_letter}\n\n" for s in shots.itertuples())
-                       + mc_prompt(r.question, r.options))
-    items = pd.DataFrame({"prompt": prompts, "options": [list(factfiles.LETTERS)] * len(chunk),
-                          "gold_index": [factfiles.LETTERS.index(a) for a in chunk.answer_letter]})
-    lp = evaluate.option_logprobs(model, tok, prompts, list(items.options), batch_size=cfg.batch_size)
+        prompts.append("".join(f"{mc_question(s.question, s.options, form)} {mc_answer(s, form)}\n\n" for s in shots.itertuples())
+                       + mc_question(r.question, r.options, form))
+    targets = [mc_targets(o, form) for o in chunk.options]
+    gold = [factfiles.LETTERS.index(a) for a in chunk.answer_letter]
+    lp = evaluate.option_logprobs(model, tok, prompts, targets, batch_size=cfg.batch_size)
+    per_byte = [np.asarray(s) / [len(f" {t}".encode()) for t in ts] for s, ts in zip(lp, targets)]
     out = chunk.copy()
-    out["option_probs"] = [list(np.exp(s - np.logaddexp.reduce(s))) for s in lp]
-    out["gold_prob"] = [p[g] for p, g in zip(out.option_probs, items.gold_index)]
-    out["known"] = [int(np.argmax(s)) == g for s, g in zip(lp, items.gold_index)]
+    out["option_probs"] = [list(np.exp(s - np.logaddexp.reduce(s))) for s in per_byte]
+    out["gold_prob"] = [p[g] for p, g in zip(out.option_probs, gold)]
+    out["known"] = [norm_choice(s, ts) == g for s, ts, g in zip(lp, targets, gold)]
     out["slick"] = np.where(out.known, "Known", "Unknown")
     return out
 
@@ -96,20 +127,23 @@ def file_hash(path: Path) -> str:
 
 
 def score(model_name: str, facts_path: str | Path, cfg: knownness.KnownnessConfig, facts_format: str | None = None,
-          progress: bool = True, chunk: int = CHUNK) -> pd.DataFrame:
-    """Every fact of the file, scored; chunks computed only where not cached (the model is loaded only then)."""
+          progress: bool = True, chunk: int = CHUNK, mc_form: str = "lettered") -> pd.DataFrame:
+    """Every fact of the file, scored; chunks computed only where not cached (the model is loaded only then).
+    ``mc_form``: a multiple-choice table's form (:data:`MC_FORMS`)."""
     import torch
     from tqdm.auto import tqdm
 
     from knowinject.train.finetune import resolve_precision
 
+    if mc_form not in MC_FORMS:
+        raise ConfigError(f"mc_form must be one of {', '.join(MC_FORMS)}, got {mc_form!r}")
     table = factfiles.load(facts_path, facts_format)
     mc = "options" in table
     precision = resolve_precision(cfg.precision, "cuda" if torch.cuda.is_available() else "cpu")
     ident, facts_sha = models.identity(model_name), file_hash(Path(facts_path))
     base_key = {"model": models.content_key(model_name), "facts": facts_sha,
                 "format": facts_format, "chunk": chunk, "knownness": {**asdict(cfg), "precision": precision},
-                "measure": "multiple-choice-v1" if mc else "qa-v1"}
+                "measure": ("multiple-choice-v1" if mc_form == "lettered" else "multiple-choice-cloze-v1") if mc else "qa-v1"}
     loaded = {}
 
     def model():
@@ -126,7 +160,7 @@ def score(model_name: str, facts_path: str | Path, cfg: knownness.KnownnessConfi
             def make(piece=piece, start=start):
                 m, tok = model()
                 if mc:
-                    return measure_mc(m, tok, piece, table, cfg)
+                    return measure_mc(m, tok, piece, table, cfg, mc_form)
                 scored = knownness.measure(m, tok, facts_all.iloc[start:start + chunk], qa_all, cfg)
                 return piece.merge(scored.drop(columns=["subject", "relation", "aliases", "popularity"]), on="fact_id")
 
@@ -164,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", default=None, help=f"the layout, where the name does not say: {', '.join(factfiles.FORMATS)}")
     ap.add_argument("--out", required=True, help="scored facts, JSON Lines")
     ap.add_argument("--keep", choices=["known", "unknown"], help="write only these facts (Study B's advice: known)")
+    ap.add_argument("--mc-form", choices=MC_FORMS, default="lettered",
+                    help="a multiple-choice table's form: lettered (MMLU's), or cloze (each option's text, acc_norm)")
     ap.add_argument("--k-shot", type=int, default=3)
     ap.add_argument("--n-sets", type=int, default=2)
     ap.add_argument("--n-samples", type=int, default=2)
@@ -177,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             scored = score_geonames(args.model, args.profile)
             source = f"geonames (notebook 03's world and settings, profile {args.profile})"
         else:
-            scored, source = score(args.model, args.facts, cfg, args.format), str(Path(args.facts).resolve())
+            scored = score(args.model, args.facts, cfg, args.format, mc_form=args.mc_form)
+            source = str(Path(args.facts).resolve())
     except (factfiles.FactTableError, models.ModelNotFound, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

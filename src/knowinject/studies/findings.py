@@ -75,7 +75,7 @@ REGIME = {"reproduced": "lifts", "not reproduced": "lowers"}
 # 2 points, below the smallest effect any claim is about (B2's 3-point margin; B1's 5-10 points).
 MEASURE_MARGIN = 0.02
 DESIGNS = ("main", "replication")
-TRACK_ORDER = ("smollm2", "smollm2-mc", "gemma3", "tiny", "one-layer")
+TRACK_ORDER = ("smollm2", "smollm2-cloze", "smollm2-mc", "gemma3", "gemma3-cloze", "gemma3-mc", "tiny", "one-layer")
 B2_MARGIN = 0.03   # "matches": within 3 points (the paper's gaps are 5-10 points)
 A5_MARGIN = 0.10   # "not fundamentally harder": within 10 points (the motivating gap was 86 points)
 # What the paper states of a claim's size, where it states one (the rest state a direction only): the text

@@ -27,7 +27,7 @@ from knowinject.train import grouped, tracks
 from knowinject.train.finetune import finetune
 from knowinject.train.tracks import load_base
 
-from knowinject.eval import evaluate, mechanism, scoring
+from knowinject.eval import curate, evaluate, mechanism, scoring
 from knowinject.eval.knownness import KnownnessConfig
 
 from knowinject.studies.study_b.analysis import chance_rate
@@ -45,24 +45,36 @@ from knowinject.studies.study_b.design import (
 from knowinject import stats
 
 
+def choose(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> tuple[list[str], list[str]]:
+    """Multiple choice (``choices``: each item's option letters, or texts in the cloze form): every option scored as
+    the prompt's continuation (`` {option}``), and the choice by log-likelihood per byte (``acc_norm``, what the
+    track reports) and by summed log-likelihood (``acc``), each as `` B`` or `` Paris`` (what it was finetuned to
+    write). Scoring the options, not the whole vocabulary, is MMLU's and lm-evaluation-harness's accuracy; for
+    letters, all of one length, the two choices are the same."""
+    lp = evaluate.option_logprobs(model, tok, prompts, list(items.choices), batch_size=64, routes=routes)
+    norm = [" " + c[curate.norm_choice(s, c)] for c, s in zip(items.choices, lp)]
+    return norm, [" " + c[int(np.argmax(s))] for c, s in zip(items.choices, lp)]
+
+
 def respond(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> list[str]:
     """The model's answer to each prompt (one per row of ``items``): greedy generation; for a multiple-choice
-    item (``choices``: its option letters) the letter it gives the highest probability, as `` B`` (what it
-    was finetuned to write). Scoring the letters, not the whole vocabulary, is MMLU's accuracy."""
+    item its ``acc_norm`` choice (:func:`choose`)."""
     if "choices" in items:
-        lp = evaluate.option_logprobs(model, tok, prompts, list(items.choices), batch_size=64, routes=routes)
-        return [" " + c[int(np.argmax(s))] for c, s in zip(items.choices, lp)]
+        return choose(model, tok, items, prompts, routes)[0]
     return evaluate.generate(model, tok, prompts, batch_size=64, routes=routes)
 
 
 def answer_questions(model, tok, items: pd.DataFrame, prompts: list[str], routes=None) -> pd.DataFrame:
     """Answers to ``prompts`` (one per row of ``items``, :func:`respond`), scored against each item's aliases:
     one row per item with ``fact_id``, ``prediction``, ``em`` and ``contains`` (``routes``: adapter slot per
-    row). A multiple-choice answer is right when its letter is the item's (``em`` and ``contains`` agree)."""
-    preds = respond(model, tok, items, prompts, routes)
+    row). A multiple-choice answer is right when its option is the item's (``em`` and ``contains`` agree, by
+    ``acc_norm``); ``acc`` says whether the summed log-likelihood's choice is."""
     if "choices" in items:
-        em = [p.strip() == a[0] for p, a in zip(preds, items.aliases)]
-        return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": preds, "em": em, "contains": em})
+        norm, raw = choose(model, tok, items, prompts, routes)
+        em = [p[1:] == a[0] for p, a in zip(norm, items.aliases)]  # the option itself, after the space
+        return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": norm, "em": em, "contains": em,
+                             "acc": [p[1:] == a[0] for p, a in zip(raw, items.aliases)]})
+    preds = evaluate.generate(model, tok, prompts, batch_size=64, routes=routes)
     return pd.DataFrame({"fact_id": items.fact_id.values, "prediction": preds,
                          "em": [scoring.exact_match(p, a) for p, a in zip(preds, items.aliases)],
                          "contains": [scoring.contains_match(p, a) for p, a in zip(preds, items.aliases)]})

@@ -108,14 +108,15 @@ COLUMNS = ["fact_id", "subject", "relation", "kind", "value", "aliases", "popula
            "base_known"]
 
 
-def fact_candidates(scored: pd.DataFrame, relations) -> pd.DataFrame:
+def fact_candidates(scored: pd.DataFrame, relations, mc_form: str = "lettered") -> pd.DataFrame:
     """A fact table's facts with the base model's knownness (the curation tool's scores, notebook 03's
-    measure; multiple choice: whether the base model ranks the correct letter first, the letter's
-    probability breaking ties) and, where the table has one, its popularity; levels are popularity quintiles
-    within each relation when every fact has a popularity, else one level ("all")."""
+    measure; multiple choice in ``mc_form``: whether the base model's choice is the correct option, its share of
+    the options' likelihood breaking ties) and, where the table has one, its popularity; levels are popularity
+    quintiles within each relation when every fact has a popularity, else one level ("all")."""
     t = scored[scored.relation.isin(relations)].copy()
-    if "options" in t:  # multiple choice: the target is the letter; known when the base ranks it first
-        t["kind"], t["value"], t["aliases"] = "fact", t.answer_letter, [[a] for a in t.answer_letter]
+    if "options" in t:  # multiple choice: the target is the letter or the option's text; known when the base picks it
+        target = [curate.mc_answer(r, mc_form) for r in t.itertuples()]
+        t["kind"], t["value"], t["aliases"] = "fact", target, [[a] for a in target]
         t["known_score"] = knownness_score(t.known.astype(float), t.gold_prob)
         t["base_known"] = t.known.astype(bool)
     else:
@@ -164,8 +165,8 @@ def candidates(track, world, relations, known_cfg: knownness.KnownnessConfig, su
     """
     if isinstance(world, FactSet):  # a fact table of the user's or a benchmark's (notebook 05's facts_path)
         world.require_study_b()
-        scored = curate.score(track.model, world.path, known_cfg, world.format, progress=False)
-        return fact_candidates(world.study_rows(scored), relations)
+        scored = curate.score(track.model, world.path, known_cfg, world.format, progress=False, mc_form=world.mc_form)
+        return fact_candidates(world.study_rows(scored), relations, world.mc_form)
     if track.name == "smollm2":
         table = knownness.measure_run(track.model, "realworld", world, known_cfg, profile, subset=subset)
         return smollm2_candidates(table, relations)

@@ -8,10 +8,12 @@ question is ever trained on. The known / unknown halves come from the base model
 table, measured by the curation tool's cached scoring (:func:`knowinject.eval.curate.score`: notebook 03's
 measure, few-shot exemplars of the same relation in the table's own wording).
 
-Multiple choice (Study B in MMLU's form): a table with ``options`` trains on the answer letter after the
-question and its lettered options (the curation tool's prompt, ``Answer:``), and is scored by which letter
-the model puts the highest probability on (:func:`.compute.answer_questions`); a fact is known when the base
-model already does so (:func:`knowinject.eval.curate.measure_mc`). :func:`geonames_multiple_choice` writes the
+Multiple choice: a table with ``options`` runs in one of two forms (``mc_form``). *Lettered* (MMLU's form) trains
+on the answer letter after the question and its lettered options (the curation tool's prompt, ``Answer:``).
+*Cloze* (OLMES's form for small base models) trains on the correct option's text after the question's QA prompt.
+Either is scored by which option has the highest log-likelihood per byte (``acc_norm``; for letters, the most
+probable letter; :func:`.compute.answer_questions`), and a fact is known when the base model already picks the
+correct option so (:func:`knowinject.eval.curate.measure_mc`). :func:`geonames_multiple_choice` writes the
 compendium's own such set: the GeoNames facts of Study B's relations as four-way questions, distractors
 drawn from the same relation's other answers. MMLU's own files run Study B with each question as its own
 subject: their rows name an MMLU subject area, not an entity the question asks about
@@ -38,11 +40,14 @@ class FactSet:
     """A fact file (any layout :func:`knowinject.data.facts.load` reads) as Study B's data."""
     path: Path
     format: str | None = None
+    mc_form: str = "lettered"  # a multiple-choice table's form: lettered or cloze (curate.MC_FORMS)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path).expanduser())
         if self.format == "":
             object.__setattr__(self, "format", None)
+        if self.mc_form not in curate.MC_FORMS:
+            raise factfiles.FactTableError(f"mc_form must be one of {', '.join(curate.MC_FORMS)}, got {self.mc_form!r}")
 
     @cached_property
     def facts(self) -> pd.DataFrame:
@@ -55,8 +60,10 @@ class FactSet:
 
     @cached_property
     def folder(self) -> Path:
-        """What keys its runs, as a world's folder does: the slug and the file's content hash."""
-        return Path(f"facts-{self.slug}-{curate.file_hash(self.path)[:10]}")
+        """What keys its runs, as a world's folder does: the slug and the file's content hash (and the form, for a
+        multiple-choice table in the cloze form: another target, other runs)."""
+        cloze = "-cloze" if self.multiple_choice and self.mc_form == "cloze" else ""
+        return Path(f"facts-{self.slug}-{curate.file_hash(self.path)[:10]}{cloze}")
 
     @property
     def multiple_choice(self) -> bool:
@@ -65,7 +72,9 @@ class FactSet:
     @property
     def measure(self) -> str:
         """What a right answer is, as the claims table names it."""
-        return "multiple-choice accuracy" if self.multiple_choice else "exact match"
+        if not self.multiple_choice:
+            return "exact match"
+        return "multiple-choice accuracy" + (" (cloze, acc_norm)" if self.mc_form == "cloze" else "")
 
     @property
     def question_is_subject(self) -> bool:
@@ -89,7 +98,8 @@ class FactSet:
     def identity(self) -> dict:
         """What a results table's provenance records of the fact set."""
         return {"path": str(self.path), "format": self.format or factfiles.detect_format(self.path),
-                "sha256": curate.file_hash(self.path), "n_facts": len(self.facts), "slug": self.slug}
+                "sha256": curate.file_hash(self.path), "n_facts": len(self.facts), "slug": self.slug,
+                **({"mc_form": self.mc_form} if self.multiple_choice else {})}
 
     def design(self, cfg):
         """A profile's Study B settings for this fact set: its relations, the popularity split only where
@@ -106,15 +116,17 @@ class FactSet:
 
     def table(self, name: str = "qa") -> pd.DataFrame:
         """The QA table (whatever name the design asks for: the fact set has one): each fact's question as
-        its one training and one held-out phrasing. Multiple choice: the prompt lists the lettered options,
-        the answer is the letter, and ``choices`` the letters a prediction is chosen from."""
+        its one training and one held-out phrasing. Multiple choice: the question in the fact set's form, the
+        answer as the model writes it (the letter, or the option's text) and ``choices`` what a prediction is
+        chosen from (the letters, or the options' texts)."""
         if self.multiple_choice:
             f = self.study_rows(self.facts)
+            answers = [curate.mc_answer(r, self.mc_form) for r in f.itertuples()]
             one = pd.DataFrame({"fact_id": f.fact_id, "subject": f.subject, "relation": f.relation,
-                                "question": f.question, "answer": f.answer_letter,
-                                "prompt": [curate.mc_prompt(q, o) for q, o in zip(f.question, f.options)],
-                                "aliases": [[a] for a in f.answer_letter],
-                                "choices": [list(factfiles.LETTERS[:len(o)]) for o in f.options]})
+                                "question": f.question, "answer": answers,
+                                "prompt": [curate.mc_question(q, o, self.mc_form) for q, o in zip(f.question, f.options)],
+                                "aliases": [[a] for a in answers],
+                                "choices": [curate.mc_targets(o, self.mc_form) for o in f.options]})
             qa = pd.concat([one.assign(template_split=s) for s in ("heldout", "train")], ignore_index=True)
             return qa.assign(item_id=qa.fact_id + "-" + qa.template_split)
         _, qa = curate.world_tables(self.facts)
@@ -125,11 +137,12 @@ class FactSet:
         return [answers[f] for f in qa.fact_id]
 
 
-def geonames_multiple_choice(world, relations, seed: int = 0, profile: str | None = None) -> FactSet:
+def geonames_multiple_choice(world, relations, seed: int = 0, profile: str | None = None,
+                             mc_form: str = "lettered") -> FactSet:
     """The GeoNames facts of ``relations`` as four-way questions (a cached run's ``geonames_mc.jsonl``): each
     fact's first training-template question, its answer and three distractors drawn from the other answers of
     its relation (none of them one of its aliases), in a random order. A question asked of two facts (two
-    subjects of one name) is left out: it has no one answer."""
+    subjects of one name) is left out: it has no one answer. ``mc_form``: the form Study B asks them in."""
     from knowinject.core import paths, runs
     from knowinject.core.seeding import numpy_rng
 
@@ -160,4 +173,4 @@ def geonames_multiple_choice(world, relations, seed: int = 0, profile: str | Non
 
     key = {"world": world.folder.name, "relations": list(relations), "seed": seed, "v": 1}
     folder = runs.cached_run(paths.RUNS, "geonames-multiple-choice", key, make, profile=profile, verbose=False)
-    return FactSet(folder / "geonames_mc.jsonl")
+    return FactSet(folder / "geonames_mc.jsonl", mc_form=mc_form)
