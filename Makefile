@@ -106,9 +106,9 @@ study-b: check-profile $(STAMP) ## notebook 05: Study B (finetuning on well-know
 figures: check-profile $(STAMP) ## notebook 06: every figure and the claims table, from saved results only
 	$(RUN) 06
 
-facts: check-profile $(STAMP) ## Study B on your own facts: make facts FACTS=path [MODEL=folder or hub id] (notebooks 03, 05, 06)
+facts: check-profile $(STAMP) ## Study B on your own facts: make facts FACTS=path [MODEL=folder or hub id] [MC_FORM=cloze] (notebooks 03, 05, 06)
 	@test -n "$(FACTS)" || { echo "make facts needs FACTS=path: a JSON Lines or CSV fact table, PopQA's TSV or an EntityQuestions folder (README, Your own facts)"; exit 2; }
-	$(RUN) 03 05 06 -p facts_path=$(FACTS) $(if $(MODEL),-p model_name=$(MODEL))
+	$(RUN) 03 05 06 -p facts_path=$(FACTS) $(if $(MODEL),-p model_name=$(MODEL)) $(if $(MC_FORM),-p facts_mc_form=$(MC_FORM))
 
 clean: ## remove generated files (executed notebooks, worlds, models, runs); keeps committed results
 	rm -rf build data/worlds data/models data/runs .pytest_cache

@@ -2,8 +2,9 @@
 pipeline's ``-p`` as ``make facts`` does, on invented facts written in each published layout (PopQA's TSV, an
 EntityQuestions folder, a plain JSON Lines table) with a small random Llama. Each fact set's tables land under
 ``results/smoke/<model>/<facts-slug>/``; the smoke profile's own tables stay byte for byte. A multiple-choice
-table in MMLU's layout runs Study B in MMLU's form (each question its own subject), as do multiple-choice
-facts of one's own (JSON Lines with options); a set too small to split is refused with a message."""
+table in MMLU's layout runs Study B in MMLU's lettered form (each question its own subject); multiple-choice
+facts of one's own (JSON Lines with options) run it in the cloze form when asked (``facts_mc_form``); a set too
+small to split is refused with a message."""
 
 from __future__ import annotations
 
@@ -120,13 +121,15 @@ def facts_runs(smoke_run, tmp_path_factory):
             "entityquestions-dataset-test": write_entityquestions(tmp / "entityquestions"),
             "my-facts": write_jsonl(tmp / "my_facts.jsonl"),
             "my-mc-facts": write_jsonl(tmp / "my_mc_facts.jsonl", choices=True)}
-    runs = {slug: _pipeline(env, "03", "05", "06", "-p", f"facts_path={path}", "-p", f"model_name={model}")
-            for slug, path in sets.items()}
+    # Your own multiple-choice table in the cloze form (make facts ... MC_FORM=cloze); MMLU's below in the lettered one.
+    args = {slug: ("03", "05", "06", "-p", f"facts_path={path}", "-p", f"model_name={model}",
+                   *(["-p", "facts_mc_form=cloze"] if slug == "my-mc-facts" else [])) for slug, path in sets.items()}
     mmlu = Path(__file__).parent / "fixtures" / "facts" / "mmlu" / "data" / "test"
-    runs["mmlu-03"] = _pipeline(env, "03", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
-    runs["mmlu-05"] = _pipeline(env, "05", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
+    args["mmlu-03"] = ("03", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
+    args["mmlu-05"] = ("05", "-p", f"facts_path={mmlu}", "-p", f"model_name={model}")
     big = write_mmlu(tmp / "MMLU-big")
-    runs["mmlu-big-data-test"] = _pipeline(env, "03", "05", "06", "-p", f"facts_path={big}", "-p", f"model_name={model}")
+    args["mmlu-big-data-test"] = ("03", "05", "06", "-p", f"facts_path={big}", "-p", f"model_name={model}")
+    runs = {slug: _pipeline(env, *a) for slug, a in args.items()}
     return {"data": data, "runs": runs, "before": before, "model": "fact-llama"}
 
 
@@ -152,7 +155,7 @@ def test_a_fact_set_leaves_the_profiles_own_tables_byte_for_byte(facts_runs):
 
 
 def _multiple_choice_claims(facts_runs, slug: str) -> Path:
-    """The fact set ``slug`` ran Study B in MMLU's form: every claim, B1 and B2 read as multiple-choice
+    """The fact set ``slug`` ran Study B as multiple choice: every claim, B1 and B2 read as multiple-choice
     accuracy. Returns the folder of its tables."""
     r = facts_runs["runs"][slug]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -163,10 +166,12 @@ def _multiple_choice_claims(facts_runs, slug: str) -> Path:
     return own
 
 
-def test_your_multiple_choice_facts_run_study_b_in_mmlus_form(facts_runs):
+def test_your_multiple_choice_facts_run_study_b_in_the_cloze_form_when_asked(facts_runs):
     own = _multiple_choice_claims(facts_runs, "my-mc-facts")
-    preds = pd.read_csv(own / "study_b_accuracy.csv")
-    assert preds["mean"].between(0, 1).all()
+    claims = pd.read_csv(own / "findings.csv")
+    assert claims[claims.claim.isin(["B1", "B2"])].metric.str.startswith("multiple-choice accuracy (cloze, acc_norm), ").all()
+    acc = pd.read_csv(own / "study_b_accuracy.csv")
+    assert acc["mean"].between(0, 1).all() and {"em", "acc"} <= set(acc.metric)  # acc_norm, and acc beside it
 
 
 def test_a_multiple_choice_table_is_scored_and_refused_by_study_b_with_a_message(facts_runs):
