@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pandas as pd
@@ -240,22 +241,25 @@ def test_curation_command_reproduces_notebook_03s_slick_counts(smoke_run, tmp_pa
     assert meta["knownness"]["n_samples"] == 1  # notebook 03's smoke setting, not the command's default (2)
 
 
-def test_figures_notebook_runs_from_committed_results_alone(tmp_path):
-    """What Binder does: no training, no data but the committed result tables; same findings as committed."""
+def _committed_results(tmp: Path) -> Path:
+    """A data folder holding only the committed default result tables (what Binder has)."""
     import shutil
-
-    import papermill
 
     committed = paths.ROOT / "data" / "results"
     if not (committed / "study_a_claims.csv").exists():
         pytest.skip("no committed default results yet")
-    data = tmp_path / "data"
-    shutil.copytree(committed, data / "results", ignore=shutil.ignore_patterns("smoke", "full"))
-    env = {"KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures")}
+    shutil.copytree(committed, tmp / "data" / "results", ignore=shutil.ignore_patterns("smoke", "full"))
+    return tmp / "data"
+
+
+def _papermill_06(tmp: Path) -> None:
+    import papermill
+
+    env = {"KNOWINJECT_DATA": str(tmp / "data"), "KNOWINJECT_FIGURES": str(tmp / "figures")}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        papermill.execute_notebook(str(paths.NOTEBOOKS / "06_figures.ipynb"), str(tmp_path / "06.ipynb"),
+        papermill.execute_notebook(str(paths.NOTEBOOKS / "06_figures.ipynb"), str(tmp / "06.ipynb"),
                                    parameters={"profile": "default", "update_readme": False}, kernel_name="python3",
                                    progress_bar=False, cwd=str(paths.NOTEBOOKS))
     finally:
@@ -264,9 +268,26 @@ def test_figures_notebook_runs_from_committed_results_alone(tmp_path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def committed_06(tmp_path_factory):
+    """Notebook 06 run once from the committed results alone: in JupyterLab in a real browser where Chromium is
+    installed (its report: errors and rendered images), else with papermill (report None). Both tests below read
+    this one run, so the figures notebook is not run twice."""
+    tmp = tmp_path_factory.mktemp("committed-06")
+    _committed_results(tmp)
+    browser_path = _chromium()
+    report = _browser_06(tmp, browser_path) if browser_path else _papermill_06(tmp)
+    return {"data": tmp / "data", "figures": tmp / "figures", "report": report}
+
+
+def test_figures_notebook_runs_from_committed_results_alone(committed_06):
+    """What Binder does: no training, no data but the committed result tables; same findings as committed."""
+    committed = paths.ROOT / "data" / "results"
     for name in ("findings.csv", "power.csv"):
-        assert (data / "results" / name).read_text() == (committed / name).read_text(), name
-    made = {p.name for p in (tmp_path / "figures").glob("*.png")}
+        assert (committed_06["data"] / "results" / name).read_text() == (committed / name).read_text(), name
+    made = {p.name for p in committed_06["figures"].glob("*.png")}
     assert made == {p.name for p in (paths.ROOT / "figures").glob("*.png")}
 
 
@@ -298,26 +319,15 @@ def _chromium() -> str | None:
     return os.environ.get("KNOWINJECT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_figures_notebook_runs_in_jupyterlab_in_a_real_browser(tmp_path):
-    """JupyterLab serves 06_figures.ipynb to headless Chromium (driven by Playwright); every cell runs
-    from the committed results, the figures render as images and no cell shows an error."""
-    import shutil
+def _browser_06(tmp_path: Path, browser_path: str) -> dict:
+    """JupyterLab serves 06_figures.ipynb to headless Chromium (driven by Playwright) over the data in
+    ``tmp_path / "data"``; every cell is run. Returns what the page shows: errors, figures and rendered images."""
     import socket
     import time
 
-    browser_path = _chromium()
-    if browser_path is None:
-        if os.environ.get("KNOWINJECT_REQUIRE_BROWSER") == "1":
-            pytest.fail("KNOWINJECT_REQUIRE_BROWSER=1 but no Chromium: `apt-get install chromium`")
-        pytest.skip("no Chromium here: install it (`sudo apt-get install chromium`, or set KNOWINJECT_CHROMIUM to a "
-                    "Chromium binary) to run the JupyterLab browser check")
     from playwright.sync_api import sync_playwright
 
-    committed = paths.ROOT / "data" / "results"
-    if not (committed / "study_a_claims.csv").exists():
-        pytest.skip("no committed default results yet")
     data, root = tmp_path / "data", tmp_path / "lab"
-    shutil.copytree(committed, data / "results", ignore=shutil.ignore_patterns("smoke", "full"))
     root.mkdir()
     # The notebook as a reader opens it, with the README left alone (a test must not write to the repo).
     nb = nbformat.read(paths.NOTEBOOKS / "06_figures.ipynb", as_version=4)
@@ -391,6 +401,18 @@ def test_figures_notebook_runs_in_jupyterlab_in_a_real_browser(tmp_path):
             lab.wait(20)
         except subprocess.TimeoutExpired:
             lab.kill()
+    return report
+
+
+def test_figures_notebook_runs_in_jupyterlab_in_a_real_browser(committed_06):
+    """JupyterLab serves 06_figures.ipynb to headless Chromium; every cell runs from the committed results, the
+    figures render as images and no cell shows an error."""
+    report = committed_06["report"]
+    if report is None:
+        if os.environ.get("KNOWINJECT_REQUIRE_BROWSER") == "1":
+            pytest.fail("KNOWINJECT_REQUIRE_BROWSER=1 but no Chromium: `apt-get install chromium`")
+        pytest.skip("no Chromium here: install it (`sudo apt-get install chromium`, or set KNOWINJECT_CHROMIUM to a "
+                    "Chromium binary) to run the JupyterLab browser check")
     assert not report["errors"], report["errors"]
     n_figures = len(list((paths.ROOT / "figures").glob("*.png")))
     assert report["pngs"] >= n_figures - 1, report  # every figure of figures/ (bench.png only with bench.csv)
