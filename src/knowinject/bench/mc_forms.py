@@ -27,8 +27,7 @@ from knowinject.core.config import build, stage_params
 from knowinject.core.provenance import save_table
 from knowinject.core.seeding import numpy_rng
 
-from knowinject.data import facts as factfiles
-from knowinject.data import geo, render, world, worldfiles
+from knowinject.data import geo, world, worldfiles
 
 from knowinject.train import models, tracks
 
@@ -49,10 +48,10 @@ def prompts(table: pd.DataFrame, form: str, k_shot: int, seed: int = 0) -> list[
     by_relation = dict(tuple(table.groupby("relation")))
 
     def one(r) -> str:
-        return curate.mc_prompt(r.question, r.options) if form == "lettered" else render.qa_prompt(r.question)
+        return curate.mc_question(r.question, r.options, form)
 
     def solved(r) -> str:
-        return one(r) + (f" {r.answer_letter}" if form == "lettered" else f" {r.answer}") + "\n\n"
+        return f"{one(r)} {curate.mc_answer(r, form)}\n\n"
 
     out = []
     for r in table.itertuples():
@@ -68,14 +67,12 @@ def accuracy(model, tok, table: pd.DataFrame, form: str, k_shot: int) -> dict[st
     (cloze)."""
     ps = prompts(table, form, k_shot)
     gold = np.array([list(o).index(a) for o, a in zip(table.options, table.answer)])
+    targets = [curate.mc_targets(o, form) for o in table.options]
+    lp = evaluate.option_logprobs(model, tok, ps, targets, batch_size=32)
+    acc = np.array([int(np.argmax(s)) for s in lp]) == gold
     if form == "lettered":
-        letters = [list(factfiles.LETTERS[:len(o)]) for o in table.options]
-        lp = evaluate.option_logprobs(model, tok, ps, letters, batch_size=32)
-        return {"acc": np.array([int(np.argmax(s)) for s in lp]) == gold}
-    lp = evaluate.option_logprobs(model, tok, ps, [list(o) for o in table.options], batch_size=32)
-    size = [np.array([len(f" {o}".encode()) for o in opts]) for opts in table.options]
-    return {"acc": np.array([int(np.argmax(s)) for s in lp]) == gold,
-            "acc_norm": np.array([int(np.argmax(s / n)) for s, n in zip(lp, size)]) == gold}
+        return {"acc": acc}
+    return {"acc": acc, "acc_norm": np.array([curate.norm_choice(s, t) for s, t in zip(lp, targets)]) == gold}
 
 
 def frequency_baseline(table: pd.DataFrame) -> np.ndarray:

@@ -84,10 +84,15 @@ def mc_answer(row, form: str) -> str:
     return mc_targets(row.options, form)[factfiles.LETTERS.index(row.answer_letter)]
 
 
+def per_byte(scores, targets: list[str]) -> np.ndarray:
+    """Each option's summed log-likelihood divided by the length in bytes of its continuation ``" {target}"``."""
+    return np.asarray(scores) / [len(f" {t}".encode()) for t in targets]
+
+
 def norm_choice(scores, targets: list[str]) -> int:
-    """The option with the highest log-likelihood per byte of its continuation ``" {target}"`` (lm-evaluation-harness's
-    ``acc_norm``). For letters, all of one length, it is the most probable letter."""
-    return int(np.argmax(np.asarray(scores) / [len(f" {t}".encode()) for t in targets]))
+    """The option with the highest log-likelihood per byte (:func:`per_byte`, lm-evaluation-harness's ``acc_norm``).
+    For letters, all of one length, it is the most probable letter."""
+    return int(np.argmax(per_byte(scores, targets)))
 
 
 def measure_mc(model, tok, chunk: pd.DataFrame, table: pd.DataFrame, cfg: knownness.KnownnessConfig,
@@ -108,11 +113,11 @@ def measure_mc(model, tok, chunk: pd.DataFrame, table: pd.DataFrame, cfg: knownn
     targets = [mc_targets(o, form) for o in chunk.options]
     gold = [factfiles.LETTERS.index(a) for a in chunk.answer_letter]
     lp = evaluate.option_logprobs(model, tok, prompts, targets, batch_size=cfg.batch_size)
-    per_byte = [np.asarray(s) / [len(f" {t}".encode()) for t in ts] for s, ts in zip(lp, targets)]
+    norm = [per_byte(s, ts) for s, ts in zip(lp, targets)]
     out = chunk.copy()
-    out["option_probs"] = [list(np.exp(s - np.logaddexp.reduce(s))) for s in per_byte]
+    out["option_probs"] = [list(np.exp(s - np.logaddexp.reduce(s))) for s in norm]
     out["gold_prob"] = [p[g] for p, g in zip(out.option_probs, gold)]
-    out["known"] = [norm_choice(s, ts) == g for s, ts, g in zip(lp, targets, gold)]
+    out["known"] = [int(np.argmax(s)) == g for s, g in zip(norm, gold)]
     out["slick"] = np.where(out.known, "Known", "Unknown")
     return out
 
