@@ -302,12 +302,13 @@ def test_generation_is_the_same_with_frozen_weights(tiny_dir, small_world):
     # Frozen weights (a LoRA run's base) take the path that projects a contiguous copy of the prefill's last
     # position; the projection of every prompt position (versions before 0.8.1) answers the same.
     model, tok = models.load(tiny_dir)
+    hooks = list(model.get_output_embeddings()._forward_pre_hooks)  # the stage table's FLOP count (stages.watch)
     prompts = list(small_world.table("qa").prompt[:8])
     before = evaluate.generate(model, tok, prompts, max_new_tokens=6)
     model.requires_grad_(False)
     assert evaluate.generate(model, tok, prompts, max_new_tokens=6) == before
     assert evaluate.generate(model, tok, prompts, max_new_tokens=6, prefill="every") == before
-    assert not model.get_output_embeddings()._forward_pre_hooks  # the copy's hook is removed after each batch
+    assert list(model.get_output_embeddings()._forward_pre_hooks) == hooks  # the copy's hook is removed after each batch
     with pytest.raises(ValueError, match="prefill must be 'last' or 'every'"):
         evaluate.generate(model, tok, prompts, prefill="all")
 

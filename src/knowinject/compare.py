@@ -28,6 +28,7 @@ import pandas as pd
 from knowinject.core import paths
 from knowinject.core.config import second_models
 
+MACHINE_TABLES = ("stages.csv",)  # where a run's minutes went: it measures the machine, not a result
 TIMING = ("seconds", "tokens_per_s", "train_seconds", "wall_s", "s_per_step", "runs_per_hour", "finished_utc")
 # Whole-number columns that say which row it is (the checkpoint, the seed), not what it measured: where the text
 # labels alone do not identify the rows, they join them, so that a track added to a table does not shift its rows.
@@ -265,6 +266,8 @@ def report(profile: str = "default", ref: str = "HEAD") -> tuple[str, bool]:
                                              for p in sorted(paths.results_dir(profile, m).glob("*.csv"))]
     for path in tables:
         name = str(path.relative_to(folder))
+        if path.name in MACHINE_TABLES:
+            continue
         o, n = load(name)
         if o is None or n is None:
             rows.append({"table": name, "note": "not committed" if o is None else "missing in this run"})

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.config import ConfigError, check_profile, notebook_params, second_models
 
 # papermill's inferred type names for the literals a parameters cell may hold.
@@ -117,6 +117,10 @@ def run_notebook(nb: Path, profile: str, overrides: dict | None = None) -> Path:
     sub = "-".join(f"{k}-{Path(str(v)).name}" for k, v in sorted(overrides.items()))
     out = paths.ensure(paths.EXECUTED / profile / sub if sub else paths.EXECUTED / profile) / nb.name
     print(f"== {nb.stem} (profile {profile}) -> {paths.show(out)}", flush=True)
+    # The stages of this notebook (its kernel's and its workers'), one JSON line each, read when it is done.
+    stage_log = paths.ensure(out.parent / "stages") / f"{nb.stem}.jsonl"
+    stage_log.write_text("")
+    os.environ[stages.ENV] = str(stage_log)
     start = time.time()
     try:
         papermill.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3",
@@ -126,6 +130,8 @@ def run_notebook(nb: Path, profile: str, overrides: dict | None = None) -> Path:
             f"notebook {nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
             f"{e.ename}: {e.evalue}\n  executed copy with the traceback: {paths.show(out)}"
         ) from None
+    finally:
+        os.environ.pop(stages.ENV, None)
     seconds = time.time() - start
     print(f"== {nb.stem} done in {seconds:.0f} s", flush=True)
     # Wall time per notebook, appended, so the cost of each profile is measured rather than guessed.
@@ -134,7 +140,35 @@ def run_notebook(nb: Path, profile: str, overrides: dict | None = None) -> Path:
     with open(log, "a") as f:
         f.write(("notebook,seconds,finished_utc\n" if new else "") +
                 f"{nb.stem},{seconds:.1f},{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}\n")
+    record_stages(nb, profile, overrides, stages.read(stage_log), seconds)
     return out
+
+
+def record_stages(nb: Path, profile: str, overrides: dict, rows: list[dict], seconds: float) -> Path:
+    """The notebook's stage table (:func:`knowinject.core.stages.table`) into the profile's ``stages.csv``,
+    in place of the rows an earlier run of the same notebook and parameters left there; the other rows stay, so
+    the table holds each notebook's latest run (its commit and time on every row)."""
+    import pandas as pd
+
+    from knowinject.core import hardware
+    from knowinject.core.provenance import git_state, save_table
+
+    peaks = hardware.peaks()
+    run = " ".join([nb.stem, *(f"{k}={Path(str(v)).name}" for k, v in sorted(overrides.items()))])
+    new = stages.table(rows, seconds, peaks)
+    new.insert(0, "run", run)
+    new.insert(0, "notebook", nb.stem)
+    git = git_state()
+    new = new.assign(notebook_seconds=seconds, machine=hardware.machine(),
+                     commit=git["git_commit"][:12] + ("+" if git["git_dirty"] else ""),
+                     finished_utc=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
+    path = paths.results_dir(profile) / "stages.csv"
+    old = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
+    if old is not None and set(new.columns) <= set(old.columns):
+        new = pd.concat([old[old.run != run], new], ignore_index=True)
+    new = new.sort_values(["notebook", "run"], kind="stable")
+    save_table(new, path, None, profile, peaks_flops_per_s=peaks)
+    return path
 
 
 def runs_of(nb: Path, profile: str, overrides: dict) -> list[dict]:

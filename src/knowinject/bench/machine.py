@@ -6,41 +6,7 @@ Usage: ``peak = machine.matmul_peak(torch.bfloat16)``; ``machine.flops_needed(mo
 
 from __future__ import annotations
 
-import platform
-import time
-
-import torch
-
-from knowinject.data import geo, render
-
-
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} x{torch.get_num_threads()} threads"
-
-
-def matmul_peak(dtype, n: int = 2048, iters: int = 10, trials: int = 5) -> float:
-    """Measured FLOP/s of a square matmul in ``dtype`` (the roofline MFU is reported against): the best
-    of several trials, so a momentary stall does not lower the peak and inflate every MFU."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(iters):
-            a @ b
-        best = max(best, 2 * n**3 * iters / (time.perf_counter() - start))
-    return best
+from knowinject.core.hardware import machine, matmul_peak, peaks  # noqa: F401 (what the benchmarks measure against)
 
 
 def param_split(model) -> tuple[int, int]:
@@ -60,6 +26,8 @@ def flops_needed(model, method: str, tokens: int, loss_tokens: int) -> float:
 
 
 def qa_examples(n: int) -> list[dict]:
+    from knowinject.data import geo, render
+
     facts = geo.realworld_facts(geo.RealWorldConfig(min_country_population=0, n_cities=2000))
     qa = render.qa_items(facts, "train").head(n)
     return [{"prompt": r.prompt, "completion": f" {r.answer}\n"} for r in qa.itertuples()]

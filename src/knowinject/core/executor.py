@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from knowinject.core import stages
+
 EXECUTORS = ("local", "ray")
 
 
@@ -66,7 +68,7 @@ def _env_vars() -> dict[str, str]:
     # The claims' lease is the cluster's: every worker must judge a claim by the driver's. (KNOWINJECT_HOST
     # is a node's own name and stays with the node.)
     keep = ("KNOWINJECT_DATA", "KNOWINJECT_FIGURES", "KNOWINJECT_CLAIM_LEASE_S", "HF_HUB_OFFLINE",
-            "TRANSFORMERS_OFFLINE")
+            "TRANSFORMERS_OFFLINE", stages.ENV)
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
@@ -118,16 +120,20 @@ def _run_busy(fn: Callable[[Any], Any], task: Any) -> Any:
     global _BUSY
     _BUSY = True
     try:
-        return fn(task)
+        with stages.stage(TASK):  # what a task's named stages leave: loading its base, its data, writing its runs
+            return fn(task)
     finally:
         _BUSY = False
 
 
 def _task(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
     import torch
+    stages.mark_worker()
     torch.set_num_threads(threads)  # one task per CPU: tasks must not each take every core
     return _run_busy(fn, job)
 
+
+TASK = "worker tasks: loading models and data, writing runs"
 
 _POOL = None  # (workers, threads, ProcessPoolExecutor): kept for the life of the process (a notebook's kernel)
 
@@ -147,6 +153,7 @@ def _start_worker(threads: int) -> None:
     import signal
 
     import torch
+    stages.mark_worker()
     torch.set_num_threads(threads)
     # Ctrl-C is the parent's to handle (it reaches the whole process group): the parent stops handing out
     # tasks and then stops its workers with SIGTERM, which unwinds the runs they hold (a run is renamed
@@ -226,11 +233,24 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], costs: Iterable[fl
         return []
     from tqdm.auto import tqdm
     if name() == "ray":
-        return _map_ray(fn, tasks, desc, progress, gpu)
+        with stages.stage(stages.WORKERS, workers=_ray_cpus()):
+            return _map_ray(fn, tasks, desc, progress, gpu)
     n = min(workers(), len(tasks))
     if n == 1:
-        return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress)]
+        return [_run_busy(fn, t) for t in tqdm(tasks, desc=desc, disable=not progress)]
+    with stages.stage(stages.WORKERS, workers=workers()):
+        return _map_pool(fn, tasks, costs, desc, progress)
+
+
+def _ray_cpus() -> int:
+    """The CPUs Ray's workers share on this machine (a cluster's other nodes record no stages here)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _map_pool(fn: Callable[[Any], Any], tasks: list, costs: list[float], desc: str, progress: bool) -> list[Any]:
     from concurrent.futures import as_completed
+
+    from tqdm.auto import tqdm
     pool = _pool(workers())
     if progress:
         print(f"{desc}: {len(tasks)} batches of runs on {workers()} local worker processes "

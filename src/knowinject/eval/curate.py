@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.config import ConfigError
 from knowinject.core.provenance import provenance
 from knowinject.core.runs import cached_table, write_jsonl
@@ -163,11 +163,13 @@ def score(model_name: str, facts_path: str | Path, cfg: knownness.KnownnessConfi
             piece = table.iloc[start:start + chunk]
 
             def make(piece=piece, start=start):
-                m, tok = model()
-                if mc:
-                    return measure_mc(m, tok, piece, table, cfg, mc_form)
-                scored = knownness.measure(m, tok, facts_all.iloc[start:start + chunk], qa_all, cfg)
-                return piece.merge(scored.drop(columns=["subject", "relation", "aliases", "popularity"]), on="fact_id")
+                with stages.stage("knownness"):
+                    m, tok = model()
+                    if mc:
+                        return measure_mc(m, tok, piece, table, cfg, mc_form)
+                    scored = knownness.measure(m, tok, facts_all.iloc[start:start + chunk], qa_all, cfg)
+                    return piece.merge(scored.drop(columns=["subject", "relation", "aliases", "popularity"]),
+                                       on="fact_id")
 
             parts.append(cached_table(paths.RUNS, "knownness-facts", {**base_key, "start": start}, make,
                                       "knownness.jsonl", seed=cfg.seed, verbose=False))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.config import require
 from knowinject.core.runs import cached_table
 from knowinject.core.seeding import numpy_rng
@@ -131,11 +131,12 @@ def measure_run(model_name: str, facts_table: str, world, cfg: KnownnessConfig, 
         key["knownness"].pop("precision")
 
     def make() -> pd.DataFrame:
-        model, tok = models.load(model_name, dtype=torch.bfloat16 if precision == "bf16" else None)
-        facts = world.table(facts_table)
-        if subset is not None:
-            facts = facts.iloc[numpy_rng(cfg.seed, "knownness-subset").permutation(len(facts))[:subset]]
-        return measure(model, tok, facts, world.table(qa_table), cfg)
+        with stages.stage("knownness"):
+            model, tok = models.load(model_name, dtype=torch.bfloat16 if precision == "bf16" else None)
+            facts = world.table(facts_table)
+            if subset is not None:
+                facts = facts.iloc[numpy_rng(cfg.seed, "knownness-subset").permutation(len(facts))[:subset]]
+            return measure(model, tok, facts, world.table(qa_table), cfg)
 
     return cached_table(paths.RUNS, f"knownness-{facts_table}", key, make, "knownness.jsonl", seed=cfg.seed,
                         profile=profile)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.runs import cached_table
 
 from knowinject.data import corpus
@@ -49,8 +49,9 @@ def stored_knowledge_run(model_folder: Path, world: WorldFiles, qa_fraction: flo
            "eval": "stored_knowledge-all-templates-v2"}
 
     def make() -> pd.DataFrame:
-        model, tok = models.load(model_folder / "model")
-        return stored_knowledge(model, tok, world, qa_fraction, seed)
+        with stages.stage("storage questions"):
+            model, tok = models.load(model_folder / "model")
+            return stored_knowledge(model, tok, world, qa_fraction, seed)
 
     return cached_table(paths.RUNS, "stored-knowledge", key, make, "stored_knowledge.jsonl", seed=seed,
                         profile=profile)

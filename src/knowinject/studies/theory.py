@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.config import require
 from knowinject.core.runs import cached_table
 from knowinject.core.seeding import numpy_rng
@@ -88,6 +88,10 @@ class OneLayerAttention(torch.nn.Module):
         return scores.softmax(-1)
 
     def forward(self, s, r):
+        # make bench's rule: 2 FLOPs a multiply-add, x3 in training; the value and key-query products and
+        # the answer logits (the embeddings are fixed, their lookups are not matmuls).
+        d, n = self.W_V.shape[0], len(self.answer_ids)
+        stages.count(2.0 * len(s) * (3 * d * d + d * n) * (3 if torch.is_grad_enabled() else 1), "fp32")
         att = self.attention(s, r)
         h = att[:, :1] * (self.emb[s] @ self.W_V.T) + att[:, 1:] * (self.emb[r] @ self.W_V.T)
         return h @ self.emb[self.answer_ids].T, att  # logits over every relation's answers
@@ -259,7 +263,8 @@ def run_seed(cfg: TheoryConfig, seed: int) -> pd.DataFrame:
 def run_all(cfg: TheoryConfig, profile: str | None = None) -> pd.DataFrame:
     """Every seed, as one cached table (one row per seed x condition x test fact)."""
     def make() -> pd.DataFrame:
-        return pd.concat([run_seed(cfg, s) for s in cfg.seeds], ignore_index=True)
+        with stages.stage("one-layer model"):
+            return pd.concat([run_seed(cfg, s) for s in cfg.seeds], ignore_index=True)
 
     # v3: the subject swap (B3's causal reading) measured on every test fact
     return cached_table(paths.RUNS, "theory", {"theory": asdict(cfg), "v": 3}, make, "theory.jsonl",

@@ -26,6 +26,7 @@ from typing import Literal
 import pandas as pd
 import torch
 
+from knowinject.core import stages
 from knowinject.core.config import require
 from knowinject.core.seeding import numpy_rng, seed_everything
 
@@ -207,6 +208,11 @@ def finetune(model, tokenizer, examples: list[dict], cfg: FinetuneConfig, out_di
     With ``out_dir`` the adapter (LoRA) or the whole model (full) is saved there with
     ``save_pretrained``, next to ``loss_log.csv`` and ``train_summary.json``.
     """
+    with stages.stage("finetuning"):  # its checkpoints' evaluation is a stage of its own (_call_at_checkpoint)
+        return _finetune(model, tokenizer, examples, cfg, out_dir, progress, on_epoch_end)
+
+
+def _finetune(model, tokenizer, examples, cfg, out_dir, progress, on_epoch_end):
     import contextlib
 
     from accelerate import Accelerator
@@ -314,7 +320,7 @@ def _call_at_checkpoint(fn, epoch: int, model) -> None:
     if cache is not None:
         model.config.use_cache = True
     try:
-        with torch.no_grad():
+        with torch.no_grad(), stages.stage("checkpoint evaluation"):
             fn(epoch, model)
     finally:
         model.train()

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from knowinject.core import stages
 from knowinject.core.config import require
 from knowinject.core.seeding import seed_everything
 
@@ -150,6 +151,11 @@ def train(model, tokenizer, jobs: list[Job], evaluate: Callable[[object, list[Ch
     cache on, no gradients, adapters routed by slot) for batches of checkpoints; a job's last
     checkpoint has ``final=True``.
     """
+    with stages.stage("finetuning"):  # its checkpoints' evaluation is a stage of its own (flush)
+        return _train(model, tokenizer, jobs, evaluate, cfg, progress)
+
+
+def _train(model, tokenizer, jobs, evaluate, cfg, progress):
     from peft import get_peft_model
     from tqdm.auto import tqdm
 
@@ -218,7 +224,7 @@ def train(model, tokenizer, jobs: list[Job], evaluate: Callable[[object, list[Ch
         peft_model.eval()
         peft_model.config.use_cache = True
         try:
-            with torch.no_grad(), slots.evaluation():
+            with torch.no_grad(), slots.evaluation(), stages.stage("checkpoint evaluation"):
                 if evaluate is not None:
                     evaluate(peft_model, list(pending))
         finally:

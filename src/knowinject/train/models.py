@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.config import require
 
 SMOLLM2 = "smollm2"
@@ -57,7 +57,9 @@ def tiny_model(cfg: TinyModelConfig, tokenizer):
         max_position_embeddings=cfg.n_positions, tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    stages.watch(model)
+    return model
 
 
 def _package_file(package: str, filename: str, pins: str) -> Path:
@@ -101,6 +103,11 @@ def _convert_gguf(gguf: Callable[[], Path], out: Path) -> Path:
     cleared, so the folder holds the dequantised weights and a plain config."""
     if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
+    with stages.stage("model conversion"):
+        return _convert(gguf, out)
+
+
+def _convert(gguf: Callable[[], Path], out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = gguf()
@@ -317,6 +324,7 @@ def load(name_or_path: str | Path, dtype=None, attn_implementation: str | None =
         tok.pad_token = tok.eos_token
     model.config.use_cache = True
     model.eval()
+    stages.watch(model)  # its forward passes count their FLOPs into the stage they run in
     return model, tok
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.config import require
 from knowinject.core.runs import cached_run
 from knowinject.core.seeding import numpy_rng, seed_everything
@@ -225,9 +225,10 @@ def pretrain_base(world: WorldFiles, cfg: PretrainConfig, profile: str | None = 
     key = {"world": world.folder.name, "pretrain": asdict(cfg), "loop": "packed-v1"}
 
     def compute(tmp: Path) -> None:
-        tok = world.tokenizer()
-        tok.padding_side = "left"
-        model = models.tiny_model(cfg.model_config(), tok)
-        train_packed(model, tok, list(world.table("corpus").text), cfg, out_dir=tmp)
+        with stages.stage("pretraining"):
+            tok = world.tokenizer()
+            tok.padding_side = "left"
+            model = models.tiny_model(cfg.model_config(), tok)
+            train_packed(model, tok, list(world.table("corpus").text), cfg, out_dir=tmp)
 
     return cached_run(paths.MODELS, "tiny", key, compute, seed=cfg.seed, profile=profile)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from knowinject.core import executor, paths, runs
+from knowinject.core import executor, paths, runs, stages
 from knowinject.core.runs import write_jsonl
 
 from knowinject.train import grouped, tracks
@@ -46,6 +46,11 @@ def evaluate_cells(model, tok, members: list[tuple[Cell, int | None]], inp: Inpu
     """Every evaluation of each member's injected facts (or style), all members in one pass over the
     model: ``members`` are (cell, adapter slot) pairs, the slot routing the member's rows through its
     adapter (:mod:`knowinject.train.grouped`; ``None`` for every member: the model as it is)."""
+    with stages.stage("checkpoint evaluation"):  # a base's evaluation too (a stage inside one of this name is its own)
+        return _evaluate_cells(model, tok, members, inp, cfg, phrasing)
+
+
+def _evaluate_cells(model, tok, members, inp, cfg, phrasing):
     routed = any(slot is not None for _, slot in members)
     out: list[dict[str, pd.DataFrame]] = [{} for _ in members]
     chat = bool(getattr(tok, "chat_template", None))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from knowinject.core import executor, paths, runs
+from knowinject.core import executor, paths, runs, stages
 from knowinject.core.runs import read_jsonl, write_jsonl
 from knowinject.core.seeding import numpy_rng
 
@@ -106,6 +106,10 @@ def subject_swap(model, tok, items: pd.DataFrame, original: list[str], routes=No
                          "logp_change": lp["swapped"] - lp["as_asked"]})
 
 
+FINAL = "final checkpoint: few-shot answers and attention"  # the stages of a run's evaluation (stages.csv)
+SWAP = "final checkpoint: subject swap"
+
+
 def evaluate_models(model, tok, items: pd.DataFrame, few_shot: list[str], n_attention: int,
                     members: list[tuple[int | None, int, bool]]) -> list[tuple[pd.DataFrame, pd.DataFrame | None,
                                                                              pd.DataFrame | None]]:
@@ -123,16 +127,20 @@ def evaluate_models(model, tok, items: pd.DataFrame, few_shot: list[str], n_atte
         return pd.concat([items] * len(ms), ignore_index=True)
 
     final = [m for m in members if m[2]]
-    zero = answer_questions(model, tok, tiled(members), list(items.prompt) * len(members), routes(members))
-    few = answer_questions(model, tok, tiled(final), few_shot * len(final), routes(final)) if final else None
-    att = (mechanism.attention_to_subject(model, tok, pd.concat([items.iloc[:n_attention]] * len(final), ignore_index=True),
-                                          [slot for slot, _, _ in final for _ in range(min(n, n_attention))] if routed else None)
-           if final else None)
-    swap = None
+    with stages.stage("checkpoint evaluation"):
+        zero = answer_questions(model, tok, tiled(members), list(items.prompt) * len(members), routes(members))
+    few = att = swap = None
+    if final:
+        with stages.stage(FINAL):
+            few = answer_questions(model, tok, tiled(final), few_shot * len(final), routes(final))
+            att = mechanism.attention_to_subject(
+                model, tok, pd.concat([items.iloc[:n_attention]] * len(final), ignore_index=True),
+                [slot for slot, _, _ in final for _ in range(min(n, n_attention))] if routed else None)
     if final and "swap_prompt" in items:
         at = [k for k, m in enumerate(members) if m[2]]
         original = [p for k in at for p in zero.prediction.iloc[k * n:(k + 1) * n]]
-        swap = subject_swap(model, tok, tiled(final), original, routes(final))
+        with stages.stage(SWAP):
+            swap = subject_swap(model, tok, tiled(final), original, routes(final))
     n_swap = int(items.swap_prompt.map(lambda q: isinstance(q, str)).sum()) if swap is not None else 0
     out, f = [], 0
     for k, (_, epoch, is_final) in enumerate(members):

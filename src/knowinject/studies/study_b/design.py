@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from knowinject.core import paths
+from knowinject.core import paths, stages
 from knowinject.core.config import require
 from knowinject.core.runs import cached_table
 from knowinject.core.seeding import numpy_rng
@@ -175,8 +175,9 @@ def candidates(track, world, relations, known_cfg: knownness.KnownnessConfig, su
     stored = stored_knowledge_run(folder, world, wcfg["qa_fraction"], wcfg["seed"], profile)
 
     def make() -> pd.DataFrame:
-        model, tok = models.load(track.model)
-        return tiny_candidates(model, tok, world.table("facts"), world.table("qa"), stored, relations)
+        with stages.stage("candidate questions (tiny bases)"):
+            model, tok = models.load(track.model)
+            return tiny_candidates(model, tok, world.table("facts"), world.table("qa"), stored, relations)
 
     key = {"model": models.content_key(track.model), "world": world.folder.name, "relations": list(relations), "v": 2}
     return cached_table(paths.RUNS, "study-b-tiny-candidates", key, make, "candidates.jsonl", profile=profile)
