@@ -14,7 +14,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from knowinject.core import paths
+from knowinject.core import executor, paths
 
 from knowinject.studies import findings
 
@@ -195,6 +195,29 @@ def test_smoke_06_figures_and_findings(smoke_run):
     assert len(by_model) == len(table[table.track != "one-layer"])
     stated = table.set_index(["claim", "track"]).paper_effect.fillna("").groupby(level="claim").first()
     assert stated.B1 == "+0.05 to +0.10" and stated.B2.startswith("margin") and stated.A1 == ""
+
+
+def test_the_smoke_run_writes_where_each_notebooks_minutes_went(smoke_run):
+    """stages.csv: every notebook's stages add up to its time; the work that computes has its FLOPs and a share
+    of the machine's peak below 1 (a FLOP counted twice, or a worker's time not divided, would pass 1)."""
+    table = pd.read_csv(_results(smoke_run) / "stages.csv", keep_default_na=False, na_values=[""])
+    assert sorted(set(table.notebook)) == [nb.stem for nb in NOTEBOOKS]
+    for run, rows in table.groupby("run"):
+        assert rows.seconds.sum() == pytest.approx(rows.notebook_seconds.iloc[0], rel=1e-6), run
+        assert rows.share_of_notebook.sum() == pytest.approx(1.0), run
+    expected = {"02_pretrain_base": {"pretraining", "storage questions"},
+                "03_knownness": {"model conversion", "knownness"},
+                "04_study_a": {"finetuning", "checkpoint evaluation"},
+                "05_study_b": {"finetuning", "checkpoint evaluation", "final checkpoint: few-shot answers and attention",
+                               "final checkpoint: subject swap", "candidate questions (tiny bases)", "one-layer model"}}
+    for nb, names in expected.items():
+        rows = table[table.notebook == nb]
+        assert names <= set(rows.stage), (nb, set(rows.stage))
+        computing = rows[rows.stage.isin(names - {"model conversion"})]
+        assert (computing.flops > 0).all() and computing.share_of_peak.between(0, 1, inclusive="neither").all(), nb
+    workers = table[table.worker_seconds.notna()]
+    assert (workers.worker_seconds >= workers.seconds).all()  # the workers share the wall time
+    assert len(workers) or executor.workers() == 1
 
 
 def test_the_claims_figure_has_one_row_per_claim_and_track_of_findings(smoke_run):

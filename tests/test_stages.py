@@ -134,3 +134,23 @@ def test_the_pipeline_replaces_a_notebooks_rows_and_keeps_the_others(tmp_path, m
     mine = df[df.run == "03_knownness"].set_index("stage")
     assert mine.loc["knownness", "seconds"] == 6 and mine.seconds.sum() == pytest.approx(7)
     assert path.with_suffix(".provenance.json").exists()
+
+
+def test_a_damaged_stage_table_or_peak_cache_is_replaced_not_fatal(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from knowinject.core import paths
+
+    from knowinject import pipeline
+
+    monkeypatch.setattr(paths, "RESULTS", tmp_path)
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "stages.csv").write_bytes(b"\xff\xfe\x00garbage\n\"unclosed")
+    monkeypatch.setattr(hardware, "PEAKS", tmp_path / "peaks.json")
+    (tmp_path / "peaks.json").write_text("{not json")
+    monkeypatch.setattr(hardware, "matmul_peak", lambda dtype, **kw: 1e11)
+    path = pipeline.record_stages(paths.NOTEBOOKS / "03_knownness.ipynb", "smoke", {},
+                                  [_row("knownness", 0, 8, flops=1e11, precision="bf16")], 10.0)
+    assert "written anew" in capsys.readouterr().err
+    assert list(pd.read_csv(path).stage) == ["knownness", stages.REST]
+    assert hardware.peaks() == {"bf16": 1e11, "fp32": 1e11}  # measured again, and cached

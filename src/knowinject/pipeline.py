@@ -163,8 +163,14 @@ def record_stages(nb: Path, profile: str, overrides: dict, rows: list[dict], sec
                      commit=git["git_commit"][:12] + ("+" if git["git_dirty"] else ""),
                      finished_utc=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
     path = paths.results_dir(profile) / "stages.csv"
-    old = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.exists() else None
-    if old is not None and set(new.columns) <= set(old.columns):
+    old = None
+    if path.exists():
+        try:
+            old = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:  # measurements only
+            print(f"warning: {paths.show(path)} could not be read ({type(e).__name__}): written anew with this "
+                  "run's stages", file=sys.stderr)
+    if old is not None and "run" in old and set(new.columns) <= set(old.columns):
         new = pd.concat([old[old.run != run], new], ignore_index=True)
     new = new.sort_values(["notebook", "run"], kind="stable")
     save_table(new, path, None, profile, peaks_flops_per_s=peaks)

@@ -52,7 +52,10 @@ def peaks(precisions=("bf16", "fp32")) -> dict[str, float]:
     torch version and cached in ``build/machine_peaks.json`` with what measured it. On a CPU without bf16 the
     bf16 peak is what its emulation reaches (stages there run in fp32)."""
     key = f"{machine()} | torch {torch.__version__}"
-    cache = json.loads(PEAKS.read_text()) if PEAKS.exists() else {}
+    try:
+        cache = json.loads(PEAKS.read_text()) if PEAKS.exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged cache is measured again
+        cache = {}
     entry = cache.get(key, {})
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     missing = [p for p in precisions if p not in entry]
