@@ -125,9 +125,9 @@ def test_the_pipeline_replaces_a_notebooks_rows_and_keeps_the_others(tmp_path, m
     monkeypatch.setattr(paths, "RESULTS", tmp_path)
     monkeypatch.setattr(hardware, "peaks", lambda: {"bf16": 1e11, "fp32": 2.5e10})
     nb = paths.NOTEBOOKS / "03_knownness.ipynb"
-    pipeline.record_stages(nb, "smoke", {}, [_row("knownness", 0, 8, flops=1e11, precision="bf16")], 10.0)
-    pipeline.record_stages(nb, "smoke", {"model_name": "gemma3"}, [_row("knownness", 0, 9)], 10.0)
-    path = pipeline.record_stages(nb, "smoke", {}, [_row("knownness", 0, 6, flops=1e11, precision="bf16")], 7.0)
+    pipeline.record_stages(nb, "default", {}, [_row("knownness", 0, 8, flops=1e11, precision="bf16")], 10.0)
+    pipeline.record_stages(nb, "default", {"model_name": "gemma3"}, [_row("knownness", 0, 9)], 10.0)
+    path = pipeline.record_stages(nb, "default", {}, [_row("knownness", 0, 6, flops=1e11, precision="bf16")], 7.0)
     import pandas as pd
     df = pd.read_csv(path)
     assert sorted(set(df.run)) == ["03_knownness", "03_knownness model_name=gemma3"]
@@ -154,3 +154,16 @@ def test_a_damaged_stage_table_or_peak_cache_is_replaced_not_fatal(tmp_path, mon
     assert "written anew" in capsys.readouterr().err
     assert list(pd.read_csv(path).stage) == ["knownness", stages.REST]
     assert hardware.peaks() == {"bf16": 1e11, "fp32": 1e11}  # measured again, and cached
+
+
+def test_a_run_on_ones_own_model_or_facts_writes_its_stages_beside_its_results(tmp_path, monkeypatch):
+    from knowinject.core import paths
+
+    from knowinject import pipeline
+
+    monkeypatch.setattr(paths, "RESULTS", tmp_path)
+    assert pipeline.stages_table("default", {}) == tmp_path / "stages.csv"
+    assert pipeline.stages_table("default", {"model_name": "gemma3", "track_names": "smollm2"}) == tmp_path / "stages.csv"
+    assert pipeline.stages_table("smoke", {"model_name": "/x/My-Llama"}) == tmp_path / "smoke" / "my-llama" / "stages.csv"
+    assert (pipeline.stages_table("smoke", {"facts_path": "/x/popQA-test.tsv"})
+            == tmp_path / "smoke" / "smollm2" / "popqa-test" / "stages.csv")

@@ -145,7 +145,7 @@ def run_notebook(nb: Path, profile: str, overrides: dict | None = None) -> Path:
 
 
 def record_stages(nb: Path, profile: str, overrides: dict, rows: list[dict], seconds: float) -> Path:
-    """The notebook's stage table (:func:`knowinject.core.stages.table`) into the profile's ``stages.csv``,
+    """The notebook's stage table (:func:`knowinject.core.stages.table`) into its ``stages.csv`` (:func:`stages_table`),
     in place of the rows an earlier run of the same notebook and parameters left there; the other rows stay, so
     the table holds each notebook's latest run (its commit and time on every row)."""
     import pandas as pd
@@ -162,7 +162,7 @@ def record_stages(nb: Path, profile: str, overrides: dict, rows: list[dict], sec
     new = new.assign(notebook_seconds=seconds, machine=hardware.machine(),
                      commit=git["git_commit"][:12] + ("+" if git["git_dirty"] else ""),
                      finished_utc=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()))
-    path = paths.results_dir(profile) / "stages.csv"
+    path = stages_table(profile, overrides)
     old = None
     if path.exists():
         try:
@@ -175,6 +175,20 @@ def record_stages(nb: Path, profile: str, overrides: dict, rows: list[dict], sec
     new = new.sort_values(["notebook", "run"], kind="stable")
     save_table(new, path, None, profile, peaks_flops_per_s=peaks)
     return path
+
+
+def stages_table(profile: str, overrides: dict) -> Path:
+    """Where a run's stage table goes: the profile's (its second real models' runs included, as they are part of
+    its reproduce), or, for a model or a fact table of one's own, beside that run's own results."""
+    from knowinject.data import facts
+
+    from knowinject.train import models
+
+    model, facts_path = overrides.get("model_name"), overrides.get("facts_path")
+    if not facts_path and (not model or model == models.SMOLLM2 or model in second_models(profile)):
+        return paths.results_dir(profile) / "stages.csv"
+    return paths.results_dir(profile, models.slug(model or models.SMOLLM2),
+                             facts.slug(facts_path) if facts_path else None) / "stages.csv"
 
 
 def runs_of(nb: Path, profile: str, overrides: dict) -> list[dict]:
