@@ -115,7 +115,10 @@ def watch(model) -> None:
             return
         new = x.shape[1]
         mask = kwargs.get("attention_mask")
-        tokens = int(mask[:, -new:].sum()) if getattr(mask, "dim", lambda: 0)() == 2 else x.shape[0] * new
+        # A decoding step (one new position) extends every row's mask by a 1: no sum needed, and none paid
+        # at every generated token of a small model.
+        padded = new > 1 and getattr(mask, "dim", lambda: 0)() == 2
+        tokens = int(mask[:, -new:].sum()) if padded else x.shape[0] * new
         count(2.0 * n_body * tokens * _factor(weight), _precision(weight))
 
     def on_head(module, args):
