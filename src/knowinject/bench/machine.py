@@ -7,16 +7,7 @@ Usage: ``peak = machine.matmul_peak(torch.bfloat16)``; ``machine.flops_needed(mo
 from __future__ import annotations
 
 from knowinject.core.hardware import machine, matmul_peak, peaks  # noqa: F401 (what the benchmarks measure against)
-
-
-def param_split(model) -> tuple[int, int]:
-    """(non-embedding parameters, parameters of the vocabulary projection)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings().weight.numel()
-    total = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
-    embed = base.get_input_embeddings().weight.numel()
-    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
-    return total - embed - (0 if tied else head), head
+from knowinject.core.stages import param_split
 
 
 def flops_needed(model, method: str, tokens: int, loss_tokens: int) -> float:

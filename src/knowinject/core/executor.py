@@ -53,8 +53,7 @@ def workers() -> int:
             raise ValueError(f"KNOWINJECT_WORKERS={raw!r} must be a whole number >= 1 (e.g. make reproduce WORKERS=2)")
         return n
     import torch
-    return 1 if torch.cuda.is_available() else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                     else os.cpu_count() or 1)
+    return 1 if torch.cuda.is_available() else _cores()
 
 
 def needs_gpu(track) -> bool:
@@ -139,8 +138,7 @@ _POOL = None  # (workers, threads, ProcessPoolExecutor): kept for the life of th
 
 
 def _threads(n_workers: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // n_workers)
+    return max(1, _cores() // n_workers)
 
 
 def _exit_on_sigterm(signum, frame):
@@ -233,7 +231,7 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], costs: Iterable[fl
         return []
     from tqdm.auto import tqdm
     if name() == "ray":
-        with stages.stage(stages.WORKERS, workers=_ray_cpus()):
+        with stages.stage(stages.WORKERS, workers=_cores()):  # a cluster's other nodes record no stages here
             return _map_ray(fn, tasks, desc, progress, gpu)
     n = min(workers(), len(tasks))
     if n == 1:
@@ -242,9 +240,9 @@ def map_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], costs: Iterable[fl
         return _map_pool(fn, tasks, costs, desc, progress)
 
 
-def _ray_cpus() -> int:
-    """The CPUs Ray's workers share on this machine (a cluster's other nodes record no stages here)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _cores() -> int:
+    """The CPU cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _map_pool(fn: Callable[[Any], Any], tasks: list, costs: list[float], desc: str, progress: bool) -> list[Any]:

@@ -91,6 +91,16 @@ def _factor(weight) -> int:
     return 3 if weight.requires_grad else 2
 
 
+def param_split(model) -> tuple[int, int]:
+    """(non-embedding parameters, parameters of the vocabulary projection), adapters left out."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings().weight.numel()
+    total = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+    embed = base.get_input_embeddings().weight.numel()
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    return total - embed - (0 if tied else head), head
+
+
 def watch(model) -> None:
     """Count the FLOPs of ``model``'s forward passes (a ``*ForCausalLM``) into the open stage. Idempotent."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -99,12 +109,11 @@ def watch(model) -> None:
     if body is None or head is None or getattr(body, "_knowinject_watched", False):
         return
     embed = base.get_input_embeddings().weight
-    named = [(n, p) for n, p in body.named_parameters() if "lora_" not in n and p is not embed]
-    n_body = sum(p.numel() for _, p in named)
-    weight = next((p for n, p in named if p.dim() == 2), None)  # a matrix of the body: trains in a full finetune only
-    n_head = head.weight.numel()
+    # A matrix of the body: it trains in a full finetune only.
+    weight = next((p for n, p in body.named_parameters() if "lora_" not in n and p is not embed and p.dim() == 2), None)
     if weight is None:
         return
+    n_body, n_head = param_split(base)
 
     def on_body(module, args, kwargs):
         if not _stack:
