@@ -121,7 +121,8 @@ class Cluster:
     def stop(self) -> None:
         for name in [n for n in ("worker", "head") if n in self.nodes]:
             if self.nodes[name].poll() is None or self.tree(name):
-                self.kill(name, signal.SIGTERM)
+                # A node's processes do not all exit on SIGTERM: after 3 s the rest are killed (10 s bought nothing)
+                self.kill(name, signal.SIGTERM, grace_s=3.0)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,10 @@ def test_ctrl_c_mid_grid_stops_cleanly_and_a_rerun_resumes(smoke_run, tmp_path):
     data = fresh_cache(smoke_run, tmp_path / "data", keep_runs=True)
     env = {**os.environ, "KNOWINJECT_DATA": str(data), "KNOWINJECT_FIGURES": str(tmp_path / "figures"),
            "KNOWINJECT_WORKERS": "2", "KNOWINJECT_EXECUTOR": "local"}
-    cmd = [sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke", "05"]
+    # The two tracks it compares, without multiple choice and the one-layer model: the rerun computes no more
+    # than the tables it checks.
+    cmd = [sys.executable, "-m", "knowinject.pipeline", "--profile", "smoke", "05", "-p", "track_names=tiny,smollm2",
+           "-p", "mc_forms=''", "-p", "one_layer=False"]
     log = tmp_path / "pipeline.log"
     with open(log, "w") as out:
         # Its own process group, as a terminal's foreground job: Ctrl-C is SIGINT to the whole group.
