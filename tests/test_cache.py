@@ -121,6 +121,26 @@ def _no_folder_left(data, figures):
     assert not made, f"a failed start left folders: {made}"
 
 
+def test_a_refused_run_removes_only_its_own_new_empty_folders(tmp_path, monkeypatch):
+    """Two pipelines side by side: one refused at its start must not remove the other's new, still empty
+    results folder (its notebook could not save its table), only the empty folders of its own run."""
+    from knowinject.core import paths
+
+    from knowinject import pipeline
+
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(paths, "FIGURES", tmp_path / "figures")
+    before = pipeline._folders()
+    other = paths.results_dir("smoke", "fact-llama", "popqa-test")  # made by the pipeline beside this one
+    mine = paths.results_dir("smoke", "fact-llama", "mmlu-data-test")
+    paths.figures_dir("smoke", "fact-llama", "mmlu-data-test")
+    own = pipeline.own_folders("smoke", {"facts_path": "x/mmlu/data/test", "model_name": "/m/Fact-Llama"})
+    assert mine in own and other not in own and paths.results_dir("smoke", create=False) in own
+    pipeline._remove_empty(before, own)
+    assert other.is_dir() and not mine.exists()
+    assert not (tmp_path / "figures").exists() or not any((tmp_path / "figures").rglob("*"))
+
+
 def test_a_table_study_b_cannot_split_is_refused_in_the_preflight(tmp_path):
     """``make facts`` with no relation of 4 facts stops in seconds, before notebook 03 loads a model."""
     path = tmp_path / "tiny.jsonl"

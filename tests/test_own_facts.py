@@ -131,8 +131,8 @@ def facts_runs(smoke_run, tmp_path_factory):
     args["mmlu-big-data-test"] = ("03", "05", "06", "-p", f"facts_path={big}", "-p", f"model_name={model}")
     # Two pipelines at a time: each is mostly kernel starts and imports, one core's work, and the fact sets
     # share no run (the cache's claims keep concurrent pipelines apart, as they keep a grid's workers). The run
-    # refused in its preflight goes alone, after: a failed start removes the empty results folders made since
-    # it began, and those of a pipeline beside it were among them (CHANGELOG 0.11.0).
+    # refused in its preflight goes alone, after: it shares its results folder with mmlu-03, and a failed start
+    # removes its own folders where they are new and empty.
     from concurrent.futures import ThreadPoolExecutor
     refused = args.pop("mmlu-05")
     with ThreadPoolExecutor(2) as pool:

@@ -298,10 +298,34 @@ def _folders() -> set[Path]:
     return {p for root in (paths.RESULTS, paths.FIGURES) if root.is_dir() for p in root.rglob("*") if p.is_dir()}
 
 
-def _remove_empty(before: set[Path]) -> None:
-    """Remove the folders made since ``before`` that hold nothing, deepest first: a run that failed or was
-    stopped leaves no empty results or figures folder behind (a folder holding a file is kept)."""
-    for folder in sorted(_folders() - before, key=lambda p: len(p.parts), reverse=True):
+def own_folders(profile: str, overrides: dict) -> set[Path]:
+    """The results and figures folders a run of these parameters writes into (its second real models' too), and
+    every folder between them and their roots: the only folders its clean-up may remove, so that a pipeline
+    refused or stopped beside another never removes the other's new, still empty folder."""
+    from knowinject.data import facts
+
+    from knowinject.train import models
+
+    model, facts_path = overrides.get("model_name"), overrides.get("facts_path")
+    if model or facts_path:
+        keys = [(models.slug(model or models.SMOLLM2), facts.slug(facts_path) if facts_path else None)]
+    else:
+        keys = [(None, None), *[(models.slug(m), None) for m in second_models(profile)]]
+    out: set[Path] = set()
+    for slug, facts_slug in keys:
+        for root, folder in ((paths.RESULTS, paths.results_dir(profile, slug, facts_slug, create=False)),
+                             (paths.FIGURES, paths.figures_dir(profile, slug, facts_slug, create=False))):
+            while folder.is_relative_to(root) and folder != root:
+                out.add(folder)
+                folder = folder.parent
+    return out
+
+
+def _remove_empty(before: set[Path], own: set[Path]) -> None:
+    """Remove the folders of this run (``own``) made since ``before`` that hold nothing, deepest first: a run
+    that failed or was stopped leaves no empty results or figures folder behind (a folder holding a file is
+    kept)."""
+    for folder in sorted((_folders() - before) & own, key=lambda p: len(p.parts), reverse=True):
         try:
             folder.rmdir()  # only succeeds when empty
         except OSError:
@@ -343,11 +367,12 @@ def _run(args, stop: Interrupt) -> int:
 
     done: list[str] = []
     chosen: list[Path] = []
-    before = _folders()
+    before, own = _folders(), set()
     try:
         check_profile(args.profile)
         chosen = resolve(args.notebooks)
         overrides = parse_overrides(args.param)
+        own = own_folders(args.profile, overrides)
         unknown = [k for k in overrides if not any(k in _declared(nb) for nb in chosen)]
         if unknown:
             raise ConfigError(f"-p {', '.join(unknown)}: no chosen notebook declares it "
@@ -366,7 +391,7 @@ def _run(args, stop: Interrupt) -> int:
                 break
             done.append(nb.stem)
     except (ConfigError, NotebookFailed, FactTableError, ModelNotFound) as e:
-        _remove_empty(before)
+        _remove_empty(before, own)
         if not stop.count:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -375,7 +400,7 @@ def _run(args, stop: Interrupt) -> int:
             raise
     if stop.count:
         stop.finish()
-        _remove_empty(before)
+        _remove_empty(before, own)
         dropped = [nb.stem for nb in chosen if nb.stem not in done]
         print(f"stopped by an interrupt. Finished: {', '.join(done) or 'no notebook'}. Dropped: "
               f"{', '.join(dropped) or 'nothing'} (the interrupted notebook's finished runs are kept in the cache, "

@@ -36,30 +36,31 @@ def ensure(path: Path) -> Path:
 DEFAULT_MODEL = "smollm2"  # the slug of the pretrained track's committed model; any other gets its own subfolder
 
 
-def _subfolder(root: Path, profile: str, model_slug: str | None, facts_slug: str | None = None) -> Path:
+def _subfolder(root: Path, profile: str, model_slug: str | None, facts_slug: str | None = None,
+               create: bool = True) -> Path:
     if facts_slug:  # a fact set of the user's: always below its profile and model, never beside the committed tables
-        return ensure(root / profile / (model_slug or DEFAULT_MODEL) / facts_slug)
-    if model_slug and model_slug != DEFAULT_MODEL:
+        folder = root / profile / (model_slug or DEFAULT_MODEL) / facts_slug
+    elif model_slug and model_slug != DEFAULT_MODEL:
         folder = root / profile / model_slug  # data/results/<profile>/<slug>/, default profile included
     else:
         folder = root if profile == "default" else root / profile
-    return ensure(folder)
+    return ensure(folder) if create else folder
 
 
-def figures_dir(profile: str, model_slug: str | None = None, facts_slug: str | None = None) -> Path:
+def figures_dir(profile: str, model_slug: str | None = None, facts_slug: str | None = None, create: bool = True) -> Path:
     """Committed figures come from the default profile and SmolLM2; other profiles write beside them
     (``figures/<profile>/``), and another pretrained model below that (``.../<model-slug>/``, the slug
     from :func:`knowinject.train.models.slug`)."""
-    return _subfolder(FIGURES, profile, model_slug, facts_slug)
+    return _subfolder(FIGURES, profile, model_slug, facts_slug, create)
 
 
-def results_dir(profile: str, model_slug: str | None = None, facts_slug: str | None = None) -> Path:
+def results_dir(profile: str, model_slug: str | None = None, facts_slug: str | None = None, create: bool = True) -> Path:
     """Committed result tables come from the default profile and SmolLM2; another profile writes to
     ``data/results/<profile>/``, another pretrained model to ``data/results/<profile>/<model-slug>/``
     (``data/results/default/<model-slug>/`` for the default profile), never over SmolLM2's tables; Study B
     on a fact set of one's own (``facts_slug``, :mod:`knowinject.data.facts`) to
-    ``data/results/<profile>/<model-slug>/<facts-slug>/``, SmolLM2 included."""
-    return _subfolder(RESULTS, profile, model_slug, facts_slug)
+    ``data/results/<profile>/<model-slug>/<facts-slug>/``, SmolLM2 included. ``create``: make it if missing."""
+    return _subfolder(RESULTS, profile, model_slug, facts_slug, create)
 
 
 def show(path: Path) -> str:
